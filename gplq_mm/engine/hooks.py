@@ -1,0 +1,133 @@
+"""GPLQHook: switches the stages around mmengine's ordinary train loop."""
+import math
+import time
+from typing import Iterator, List, Optional
+
+import torch
+import torch.distributed as dist
+from mmengine.dist import get_world_size
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+
+__all__ = ['GPLQHook']
+
+
+def _unwrap(model):
+    return model.module if is_model_wrapper(model) else model
+
+
+@HOOKS.register_module()
+class GPLQHook(Hook):
+    """Runs what GPLQ does outside the gradient steps.
+
+    * ``before_train`` (skipped for what a loaded / resumed checkpoint
+      already holds): calibrate the activation quantizers on
+      ``calib_images`` training images (Stage 1 starts), and fit the PCA of
+      the teacher's penultimate features on ``pca_images`` images.
+    * ``after_train``: Stage 2 (weight PTQ + QwT on ``ptq_images`` training
+      images), save ``<work_dir>/<final_name>``, and evaluate it when a
+      validation loop is configured.
+
+    All image counts are totals over all processes.
+
+    Args:
+        calib_images (int): Defaults to 256.
+        pca_images (int): Defaults to 5000.
+        ptq_images (int): Defaults to 512.
+        qwt (bool): Fit QwT compensators. Defaults to True.
+        qwt_ridge (float): Relative ridge term of the QwT solve.
+            Defaults to 1e-4.
+        weight_ptq (bool): Run Stage 2 after training. Defaults to True.
+        final_name (str): Defaults to ``'gplq_w4a4.pth'``.
+    """
+    priority = 'NORMAL'
+
+    def __init__(self,
+                 calib_images: int = 256,
+                 pca_images: int = 5000,
+                 ptq_images: int = 512,
+                 qwt: bool = True,
+                 qwt_ridge: float = 1e-4,
+                 weight_ptq: bool = True,
+                 final_name: str = 'gplq_w4a4.pth'):
+        for name, v in (('calib_images', calib_images),
+                        ('pca_images', pca_images),
+                        ('ptq_images', ptq_images)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f'GPLQHook.{name}={v!r}: use an int >= 1')
+        self.calib_images, self.pca_images = calib_images, pca_images
+        self.ptq_images, self.qwt, self.qwt_ridge = ptq_images, qwt, qwt_ridge
+        self.weight_ptq, self.final_name = weight_ptq, final_name
+
+    # -- data ---------------------------------------------------------------
+    def _check_size(self, runner, name: str, n: int) -> None:
+        size = len(runner.train_dataloader.dataset)
+        if n > size:
+            raise ValueError(
+                f'GPLQHook.{name}={n} but the training set has only {size} '
+                f'images; lower {name} or use a larger dataset')
+
+    def _inputs(self, runner, n_total: int) -> Iterator[torch.Tensor]:
+        """Preprocessed training inputs, ``n_total`` images over all ranks."""
+        model = _unwrap(runner.model)
+        n = math.ceil(n_total / get_world_size())
+        seen = 0
+        while seen < n:
+            for data in runner.train_dataloader:
+                x = model.data_preprocessor(data, False)['inputs']
+                x = x[:n - seen]
+                seen += x.shape[0]
+                yield x
+                if seen >= n:
+                    return
+
+    # -- hooks --------------------------------------------------------------
+    def before_train(self, runner) -> None:
+        model = _unwrap(runner.model)
+        self._check_size(runner, 'calib_images', self.calib_images)
+        self._check_size(runner, 'ptq_images', self.ptq_images)
+        if getattr(model, 'alpha', 0) > 0:
+            self._check_size(runner, 'pca_images', self.pca_images)
+        if model.stage == 0:
+            t = time.time()
+            n = model.calibrate(self._inputs(runner, self.calib_images))
+            runner.logger.info(
+                f'GPLQ: calibrated {n} activation quantizers on '
+                f'{self.calib_images} images in {time.time() - t:.1f}s; '
+                'Stage 1 (W32A4) starts')
+        else:
+            runner.logger.info(f'GPLQ: model loaded at stage {model.stage}; '
+                               'calibration skipped')
+        if getattr(model, 'alpha', 0) > 0 and not bool(model.pca.fitted):
+            t = time.time()
+            k = model.fit_pca(self._inputs(runner, self.pca_images))
+            ev = float(model.pca.explained[:k].sum())
+            runner.logger.info(
+                f'GPLQ: PCA of the teacher features on {self.pca_images} '
+                f'images: kept {k}/{model.pca.dim} dims, {ev:.1%} of the '
+                f'variance ({time.time() - t:.1f}s)')
+
+    def after_train(self, runner) -> None:
+        if not self.weight_ptq:
+            return
+        model = _unwrap(runner.model)
+        if model.stage >= 2:
+            runner.logger.info('GPLQ: model already at W4A4; Stage 2 skipped')
+            return
+        t = time.time()
+        batches: List[torch.Tensor] = list(
+            self._inputs(runner, self.ptq_images))
+        model.weight_ptq(
+            batches, qwt=self.qwt, ridge=self.qwt_ridge,
+            logger=runner.logger.info)
+        runner.logger.info(
+            f'GPLQ: Stage 2 (weight PTQ{" + QwT" if self.qwt else ""}) on '
+            f'{self.ptq_images} images took {time.time() - t:.1f}s')
+        runner.save_checkpoint(
+            runner.work_dir, self.final_name, save_optimizer=False,
+            save_param_scheduler=False)
+        runner.logger.info(f'GPLQ: W4A4 checkpoint saved to '
+                           f'{runner.work_dir}/{self.final_name}')
+        if runner._val_loop is not None:
+            runner.val_loop.run()

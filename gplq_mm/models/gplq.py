@@ -1,0 +1,248 @@
+"""The GPLQ wrapper models: a converted student, a frozen FP teacher."""
+import os.path as osp
+from typing import Callable, Dict, Iterable, List, Optional, Union
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModel
+from mmengine.registry import MODELS
+from mmengine.runner.checkpoint import _load_checkpoint
+
+from ..quant import (QuantConfig, calibration, convert, fit_qwt,
+                     quantize_weights, qwt_blocks, set_quant_state)
+from .pca import PCAProjector
+
+__all__ = ['GPLQModel', 'GPLQClassifier']
+
+STAGES = {0: 'float', 1: 'W32A4 (Stage 1: activations quantized)',
+          2: 'W4A4 (Stage 2: weights quantized)'}
+
+
+class GPLQModel(BaseModel):
+    """Base of the GPLQ wrappers.
+
+    Args:
+        architecture (dict): Config of the host model (the student).
+        checkpoint (str, optional): Pretrained FP32 checkpoint of
+            ``architecture`` (path or URL). Required for training: it
+            initializes the student and the teacher. Not needed to test a
+            GPLQ checkpoint. Defaults to None.
+        quant_cfg (dict, optional): :class:`~gplq_mm.quant.QuantConfig`
+            fields. Defaults to None (``default_scope`` of the subclass).
+        use_qwt (bool): Apply fitted QwT compensators. Defaults to True.
+        init_cfg (dict, optional): Unused by GPLQ; kept for mmengine.
+
+    The persisted buffer ``gplq_stage`` (0 float, 1 W32A4, 2 W4A4) decides
+    which quantizers are on, so a loaded checkpoint runs as it was saved.
+    """
+    default_scope: Dict = dict(include=('backbone', ))
+
+    def __init__(self,
+                 architecture: dict,
+                 checkpoint: Optional[str] = None,
+                 quant_cfg: Optional[dict] = None,
+                 use_qwt: bool = True,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        if not isinstance(architecture, dict):
+            raise TypeError('architecture must be the host model config (a '
+                            f'dict), got {type(architecture).__name__}')
+        self.student = MODELS.build(architecture)
+        self._check_architecture(self.student)
+        teacher = MODELS.build(architecture)
+        teacher.eval().requires_grad_(False)
+        # Not a submodule: never saved, never optimized, never DDP-synced.
+        object.__setattr__(self, '_teacher', teacher)
+        self.data_preprocessor = self.student.data_preprocessor
+        self.checkpoint = checkpoint
+        self.quant_cfg = QuantConfig.from_any({
+            **self.default_scope,
+            **dict(quant_cfg or {})
+        })
+        convert(self.student, self.quant_cfg)
+        self.use_qwt = use_qwt
+        self.register_buffer('gplq_stage', torch.zeros((), dtype=torch.long))
+        self.register_load_state_dict_post_hook(
+            lambda mod, keys: mod.apply_stage())
+        self.apply_stage()
+
+    # -- host checks, to be specialized ------------------------------------
+    def _check_architecture(self, model: nn.Module) -> None:
+        pass
+
+    # -- teacher / device ---------------------------------------------------
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self._teacher._apply(fn, *args, **kwargs)
+        return self
+
+    # -- stages -------------------------------------------------------------
+    @property
+    def stage(self) -> int:
+        return int(self.gplq_stage)
+
+    def set_stage(self, stage: int) -> None:
+        if stage not in STAGES:
+            raise ValueError(f'stage={stage!r}: use one of {list(STAGES)}')
+        self.gplq_stage.fill_(stage)
+        self.apply_stage()
+
+    def apply_stage(self) -> None:
+        stage = self.stage
+        set_quant_state(self.student, weight=stage >= 2, act=stage >= 1)
+        for _, block in qwt_blocks(self.student, self.quant_cfg):
+            if 'qwt' in block._modules:
+                block.qwt.enabled = self.use_qwt
+
+    # -- weights ------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Load the FP32 checkpoint into the teacher and the student."""
+        super().init_weights()
+        if self.checkpoint is None:
+            raise ValueError(
+                f'{type(self).__name__}.checkpoint is not set: GPLQ starts '
+                'from a pretrained FP32 model (the teacher and the '
+                "student's initialization); set model.checkpoint to its "
+                'path or URL')
+        if '://' not in self.checkpoint and not osp.isfile(self.checkpoint):
+            raise FileNotFoundError(
+                f'{type(self).__name__}.checkpoint={self.checkpoint!r} does '
+                'not exist')
+        ckpt = _load_checkpoint(self.checkpoint, map_location='cpu')
+        state = ckpt.get('state_dict', ckpt)
+        state = {k[7:] if k.startswith('module.') else k: v
+                 for k, v in state.items()}
+        for name, model in (('student', self.student),
+                            ('teacher', self.teacher)):
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise ValueError(
+                    f'checkpoint {self.checkpoint!r} does not match '
+                    f'model.architecture ({name}): {e}') from None
+        self.apply_stage()
+
+    # -- the method's steps (called by GPLQHook) ----------------------------
+    def _features(self, model: nn.Module, inputs: torch.Tensor):
+        return model.extract_feat(inputs)
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[torch.Tensor]) -> int:
+        """Initialize activation steps from ``batches``; enter Stage 1."""
+        was_training = self.student.training
+        self.student.eval()
+        with calibration(self.student, 'act') as qs:
+            for x in batches:
+                self._features(self.student, x)
+        self.student.train(was_training)
+        self.set_stage(1)
+        return len(qs)
+
+    @torch.no_grad()
+    def weight_ptq(self, batches: List[torch.Tensor], qwt: bool = True,
+                   ridge: float = 1e-4,
+                   logger: Optional[Callable[[str], None]] = None) -> dict:
+        """Stage 2: per-channel weight steps by L2 clipping search, then QwT
+        block by block on ``batches``. Enters Stage 2."""
+        if self.stage < 1:
+            raise RuntimeError('weight PTQ needs a Stage-1 model (activation '
+                               'quantizers calibrated)')
+        was_training = self.student.training
+        self.student.eval()
+        n = quantize_weights(self.student)
+        self.set_stage(2)
+        if logger:
+            logger(f'weight PTQ: {n} layers quantized per output channel '
+                   f'at {self.quant_cfg.w_bits} bits')
+        r2 = {}
+        blocks = qwt_blocks(self.student, self.quant_cfg)
+        if qwt and blocks:
+            r2 = fit_qwt(
+                blocks, batches,
+                forward=lambda x: self._features(self.student, x),
+                set_weight_quant=lambda on: set_quant_state(
+                    self.student, weight=on),
+                ridge=ridge, logger=logger)
+        self.student.train(was_training)
+        self.apply_stage()
+        return r2
+
+
+@MODELS.register_module()
+class GPLQClassifier(GPLQModel):
+    """GPLQ for an mmpretrain ``ImageClassifier``.
+
+    Stage-1 loss: the head's task loss (``loss_cls``) plus
+    ``alpha * L_PCA`` (``loss_pca``) between the student's and the frozen
+    teacher's penultimate features (the pre-logits the head consumes; DeiT's
+    class and distillation tokens concatenated).
+
+    Args:
+        alpha (float): Weight of L_PCA; 0 disables it. Defaults to 1.0.
+        pca_cfg (dict): ``threshold`` (explained-variance ratio, 0.6) and
+            ``multiple`` (32) for the kept dimension.
+        **kwargs: See :class:`GPLQModel`.
+    """
+
+    def __init__(self, *args, alpha: float = 1.0,
+                 pca_cfg: Optional[dict] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.alpha = float(alpha)
+        self.pca = PCAProjector(self._feature_dim(), **dict(pca_cfg or {}))
+
+    def _check_architecture(self, model: nn.Module) -> None:
+        from mmpretrain.models import ImageClassifier
+        if not isinstance(model, ImageClassifier):
+            raise TypeError(
+                'GPLQClassifier.architecture must build an mmpretrain '
+                f'ImageClassifier; it built {type(model).__name__}')
+
+    def _feature_dim(self) -> int:
+        head = self.student.head
+        dim = getattr(head, 'hidden_dim', None) or getattr(
+            head, 'in_channels', None)
+        if dim is None:
+            raise TypeError(f'cannot tell the feature width of head '
+                            f'{type(head).__name__} (no in_channels)')
+        return dim * 2 if type(head).__name__ == 'DeiTClsHead' else dim
+
+    @staticmethod
+    def _pre_logits(model: nn.Module, feats) -> torch.Tensor:
+        f = model.head.pre_logits(feats)
+        return torch.cat(f, dim=-1) if isinstance(f, (tuple, list)) else f
+
+    @torch.no_grad()
+    def teacher_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self._pre_logits(self.teacher,
+                                self.teacher.extract_feat(inputs))
+
+    @torch.no_grad()
+    def fit_pca(self, batches: Iterable[torch.Tensor]) -> int:
+        for x in batches:
+            self.pca.update(self.teacher_features(x))
+        return self.pca.fit()
+
+    def loss(self, inputs: torch.Tensor, data_samples) -> Dict:
+        feats = self.student.extract_feat(inputs)
+        losses = self.student.head.loss(feats, data_samples)
+        losses = {('loss_cls' if k == 'loss' else k): v
+                  for k, v in losses.items()}
+        if self.alpha > 0:
+            if not bool(self.pca.fitted):
+                raise RuntimeError('L_PCA is on (alpha > 0) but the PCA is '
+                                   'not fitted; GPLQHook fits it before '
+                                   'training')
+            f_t = self.teacher_features(inputs)
+            f_s = self._pre_logits(self.student, feats)
+            losses['loss_pca'] = self.alpha * self.pca(f_s, f_t)
+        return losses
+
+    def forward(self, inputs: torch.Tensor, data_samples=None,
+                mode: str = 'tensor'):
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        return self.student(inputs, data_samples, mode=mode)

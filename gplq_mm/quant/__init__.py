@@ -1,0 +1,12 @@
+"""Quantization core: pure PyTorch, no OpenMMLab import."""
+from .convert import (QuantConfig, calibration, convert, quantize_weights,
+                      qwt_blocks, revert, set_quant_state)
+from .layers import QuantConv2d, QuantLinear, iter_quantizers
+from .quantizer import FakeQuantizer
+from .qwt import fit_qwt
+
+__all__ = [
+    'QuantConfig', 'convert', 'revert', 'set_quant_state', 'calibration',
+    'quantize_weights', 'qwt_blocks', 'fit_qwt', 'FakeQuantizer',
+    'QuantLinear', 'QuantConv2d', 'iter_quantizers'
+]

@@ -1,0 +1,266 @@
+"""convert / revert / set_quant_state / calibration over a whole model."""
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from typing import Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from . import functional as QF
+from .attention import find_adapter, refresh_attention_paths
+from .layers import QuantConv2d, QuantLinear, is_quant_layer, iter_quantizers
+from .qwt import attach_compensator, detach_compensator, is_block
+from .quantizer import FakeQuantizer, INIT_METHODS
+
+__all__ = ['QuantConfig', 'convert', 'revert', 'set_quant_state',
+           'calibration', 'quantize_weights', 'qwt_blocks']
+
+_BIT_FIELDS = ('w_bits', 'a_bits', 'attn_bits', 'patch_embed_bits')
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What :func:`convert` quantizes and how.
+
+    Args:
+        w_bits (int): Weight bits, per output channel. Defaults to 4.
+        a_bits (int): Bits of Linear / Conv2d inputs. Defaults to 4.
+        attn_bits (int, optional): Bits of q, k, v and the softmax output.
+            Defaults to None (= ``a_bits``).
+        patch_embed_bits (int): Input bits of the layers matching
+            ``patch_embed_patterns``. Defaults to 8.
+        patch_embed_patterns (tuple[str]): fnmatch patterns over module
+            names. Defaults to ``('*patch_embed*',)``.
+        act_granularity (str): Linear / Conv2d inputs: ``'channel'`` (one step
+            per input feature) or ``'tensor'``. Defaults to ``'channel'``.
+        attn_granularity (str): q, k, v and softmax output: ``'head'`` or
+            ``'tensor'``. Defaults to ``'head'``.
+        act_init (str): Linear / Conv2d inputs: ``'minmax'`` or
+            ``'percentile'``. Defaults to ``'minmax'``.
+        attn_init (str): q, k, v. Defaults to ``'percentile'``.
+        softmax_init (str): Softmax output. Defaults to ``'minmax'``.
+        percentile (tuple[float]): ``(low, high)`` for percentile init.
+            Defaults to ``(0.01, 0.99)``.
+        act_learnable (bool): LSQ-train activation steps. Defaults to True.
+        weight_learnable (bool): LSQ-train weight steps (direct W4A4 QAT).
+            Defaults to False.
+        include (tuple[str]): fnmatch patterns over module names; a match
+            covers the module's whole subtree. Defaults to ``('*',)``.
+        exclude (tuple[str]): Same, removed from the scope. Defaults to
+            ``()``.
+        qwt (bool): Allocate QwT compensators on the transformer blocks in
+            scope. Defaults to True.
+    """
+    w_bits: int = 4
+    a_bits: int = 4
+    attn_bits: Optional[int] = None
+    patch_embed_bits: int = 8
+    patch_embed_patterns: Tuple[str, ...] = ('*patch_embed*', )
+    act_granularity: str = 'channel'
+    attn_granularity: str = 'head'
+    act_init: str = 'minmax'
+    attn_init: str = 'percentile'
+    softmax_init: str = 'minmax'
+    percentile: Tuple[float, float] = (0.01, 0.99)
+    act_learnable: bool = True
+    weight_learnable: bool = False
+    include: Tuple[str, ...] = ('*', )
+    exclude: Tuple[str, ...] = ()
+    qwt: bool = True
+
+    def __post_init__(self):
+        for f in ('patch_embed_patterns', 'include', 'exclude', 'percentile'):
+            val = getattr(self, f)
+            if isinstance(val, str):
+                val = (val, )
+            object.__setattr__(self, f, tuple(val))
+        for f in _BIT_FIELDS:
+            v = getattr(self, f)
+            if v is None and f == 'attn_bits':
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or not 2 <= v <= 8:
+                raise ValueError(f'QuantConfig.{f}={v!r} is not allowed: '
+                                 'use an int in 2..8')
+        for f, allowed in (('act_granularity', ('channel', 'tensor')),
+                           ('attn_granularity', ('head', 'tensor')),
+                           ('act_init', INIT_METHODS),
+                           ('attn_init', INIT_METHODS),
+                           ('softmax_init', INIT_METHODS)):
+            if getattr(self, f) not in allowed:
+                raise ValueError(f'QuantConfig.{f}={getattr(self, f)!r} is '
+                                 f'not allowed: use one of {allowed}')
+        lo, hi = self.percentile
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f'QuantConfig.percentile={self.percentile!r} is '
+                             'not allowed: use (low, high), 0 <= low < high '
+                             '<= 1')
+
+    @classmethod
+    def from_any(cls, cfg: Union['QuantConfig', dict, None]) -> 'QuantConfig':
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, cls):
+            return cfg
+        if not isinstance(cfg, dict):
+            raise TypeError(f'quant config must be a dict or QuantConfig, '
+                            f'got {type(cfg).__name__}')
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - names)
+        if unknown:
+            raise ValueError(f'QuantConfig has no field(s) {unknown}; '
+                             f'allowed: {sorted(names)}')
+        return cls(**cfg)
+
+    def quantizer_cfgs(self, patch_embed: bool = False) -> dict:
+        attn_bits = self.attn_bits or self.a_bits
+        head = 'channel' if self.attn_granularity == 'head' else 'tensor'
+        return dict(
+            act=dict(
+                bits=self.patch_embed_bits if patch_embed else self.a_bits,
+                granularity=self.act_granularity, init=self.act_init,
+                percentile=self.percentile, learnable=self.act_learnable),
+            weight=dict(bits=self.w_bits, learnable=self.weight_learnable),
+            attn=dict(bits=attn_bits, granularity=head, init=self.attn_init,
+                      percentile=self.percentile,
+                      learnable=self.act_learnable),
+            softmax=dict(bits=attn_bits, signed=False, granularity=head,
+                         init=self.softmax_init, percentile=self.percentile,
+                         learnable=self.act_learnable))
+
+
+def _prefixes(name: str) -> Iterator[str]:
+    parts = name.split('.')
+    for i in range(1, len(parts) + 1):
+        yield '.'.join(parts[:i])
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return bool(name) and any(
+        fnmatch(p, pat) for p in _prefixes(name) for pat in patterns)
+
+
+def _in_scope(name: str, cfg: QuantConfig) -> bool:
+    return _matches(name, cfg.include) and not _matches(name, cfg.exclude)
+
+
+def convert(model: nn.Module,
+            config: Union[QuantConfig, dict, None] = None) -> nn.Module:
+    """Quantize ``model`` in place (and return it); idempotent.
+
+    Linear / Conv2d in scope become :class:`QuantLinear` /
+    :class:`QuantConv2d` sharing the float Parameters; supported attention
+    classes get q / k / v / softmax-output quantizers; transformer blocks
+    get QwT compensators (``config.qwt``). Every quantizer starts disabled
+    and uninitialized, so the converted model computes the float output.
+
+    Raises:
+        ValueError: an include pattern that matches no module, or an
+            attention class in scope without an adapter.
+    """
+    cfg = QuantConfig.from_any(config)
+    names = [n for n, _ in model.named_modules() if n]
+    for pat in cfg.include:
+        if not any(fnmatch(n, pat) for n in names):
+            raise ValueError(
+                f'QuantConfig.include pattern {pat!r} matches no module; '
+                f'module names look like {names[:5]}')
+    base = cfg.quantizer_cfgs()
+    for name, mod in list(model.named_modules()):
+        if (_in_scope(name, cfg) and not is_quant_layer(mod)
+                and not isinstance(mod, FakeQuantizer)):
+            adapter = find_adapter(mod)
+            if adapter not in (None, 'pass'):
+                adapter[0](mod, base)
+    for name, parent in list(model.named_modules()):
+        for cname, child in list(parent.named_children()):
+            full = f'{name}.{cname}' if name else cname
+            if not _in_scope(full, cfg) or is_quant_layer(child):
+                continue
+            pe = _matches(full, cfg.patch_embed_patterns)
+            cfgs = cfg.quantizer_cfgs(patch_embed=pe)
+            if isinstance(child, nn.Linear):
+                new = QuantLinear.from_float(child, cfgs['act'],
+                                             cfgs['weight'])
+            elif isinstance(child, nn.Conv2d):
+                new = QuantConv2d.from_float(child, cfgs['act'],
+                                             cfgs['weight'])
+            else:
+                continue
+            setattr(parent, cname, new)
+    if cfg.qwt:
+        for _, block in qwt_blocks(model, cfg):
+            attach_compensator(block)
+    return model
+
+
+def qwt_blocks(model: nn.Module, config=None):
+    """``(name, block)`` of the transformer blocks in scope, forward order."""
+    cfg = QuantConfig.from_any(config)
+    return [(n, m) for n, m in model.named_modules()
+            if is_block(m) and _in_scope(n, cfg)]
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """Undo :func:`convert`: float module types, Parameters kept."""
+    for mod in list(model.modules()):
+        adapter = find_adapter(mod) if not is_quant_layer(mod) else None
+        if adapter not in (None, 'pass'):
+            adapter[1](mod)
+        detach_compensator(mod)
+    for parent in list(model.modules()):
+        for cname, child in list(parent.named_children()):
+            if is_quant_layer(child):
+                setattr(parent, cname, child.to_float())
+    return model.to_float() if is_quant_layer(model) else model
+
+
+def set_quant_state(model: nn.Module,
+                    weight: Optional[bool] = None,
+                    act: Optional[bool] = None) -> nn.Module:
+    """Enable / disable weight and activation quantizers (None: leave)."""
+    for _, q in iter_quantizers(model):
+        flag = weight if q.role == 'weight' else act
+        if flag is not None:
+            q.enabled = flag
+    refresh_attention_paths(model)
+    return model
+
+
+@contextlib.contextmanager
+def calibration(model: nn.Module, role: str = 'act'):
+    """Within the block, the ``role`` quantizers observe (and pass data
+    through unchanged); on normal exit each sets its step from what it saw,
+    reduced over ranks. Quantizers of the other role keep their state."""
+    qs = [q for _, q in iter_quantizers(model, role)]
+    for q in qs:
+        q.observing, q._obs = True, None
+    refresh_attention_paths(model)
+    try:
+        yield qs
+    except BaseException:
+        for q in qs:
+            q.observing, q._obs = False, None
+        refresh_attention_paths(model)
+        raise
+    for q in qs:
+        q.finish_calibration()
+    refresh_attention_paths(model)
+
+
+@torch.no_grad()
+def quantize_weights(model: nn.Module,
+                     candidates=(0.999, 0.9999, 0.99999, 1.0)) -> int:
+    """Set every weight quantizer's per-channel step by the L2 clipping
+    search (:func:`~gplq_mm.quant.functional.search_weight_step`).
+    Returns the number of layers."""
+    n = 0
+    for mod in model.modules():
+        if is_quant_layer(mod):
+            wq = mod.weight_quantizer
+            wq.set_step(
+                QF.search_weight_step(mod.weight, wq.qmin, wq.qmax,
+                                      candidates))
+            n += 1
+    return n

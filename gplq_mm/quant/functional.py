@@ -1,0 +1,212 @@
+"""Quantization numerics as small pure functions.
+
+Every function here is stateless; :class:`~gplq_mm.quant.quantizer.FakeQuantizer`
+only holds the state (step, flags) and calls into this module.
+
+Conventions:
+    * ``step`` has one entry per quantization group and is reshaped with
+      :func:`broadcast_shape` so that it broadcasts against ``x`` along
+      ``axis`` (``step.numel() == 1`` means per-tensor).
+    * The integer grid is ``[qmin, qmax]`` from :func:`qrange`.
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+__all__ = [
+    'qrange', 'broadcast_shape', 'fake_quant', 'lsq_fake_quant',
+    'lsq_grad_scale', 'minmax_step', 'percentile_step', 'search_weight_step'
+]
+
+
+def qrange(bits: int, signed: bool) -> Tuple[int, int]:
+    """Integer grid of a ``bits``-bit quantizer.
+
+    Examples:
+        >>> qrange(4, signed=True)
+        (-8, 7)
+        >>> qrange(4, signed=False)
+        (0, 15)
+    """
+    if signed:
+        return -(2**(bits - 1)), 2**(bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def broadcast_shape(ndim: int, axis: int, numel: int) -> Tuple[int, ...]:
+    """Shape that makes a ``(numel,)`` step broadcast along ``axis``.
+
+    Examples:
+        >>> broadcast_shape(3, -1, 8)   # (B, N, C) per input channel
+        (1, 1, 8)
+        >>> broadcast_shape(4, 1, 3)    # (B, C, H, W) per channel
+        (1, 3, 1, 1)
+        >>> broadcast_shape(4, 1, 1)    # per-tensor
+        (1,)
+    """
+    if numel == 1:
+        return (1, )
+    shape = [1] * ndim
+    shape[axis] = numel
+    return tuple(shape)
+
+
+def fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int,
+               qmax: int) -> torch.Tensor:
+    """Reference fake quantization ``clamp(round(x / s), qmin, qmax) * s``.
+
+    No custom gradient; use :func:`lsq_fake_quant` for training.
+
+    Examples:
+        >>> fake_quant(torch.tensor([0.26, -1.0, 0.9]), torch.tensor(0.1), -8, 7)
+        tensor([ 0.3000, -0.8000,  0.7000])
+    """
+    return torch.clamp(torch.round(x / step), qmin, qmax) * step
+
+
+def lsq_grad_scale(numel_per_step: int, qmax: int) -> float:
+    """LSQ step-gradient scale ``g = 1 / sqrt(numel_per_step * Qp)``.
+
+    Examples:
+        >>> lsq_grad_scale(16, 4)
+        0.125
+    """
+    return 1.0 / float(max(numel_per_step * max(qmax, 1), 1))**0.5
+
+
+class _LSQFakeQuant(torch.autograd.Function):
+    """LSQ fake quantization with a hand-written backward.
+
+    Saved for backward: ``x`` (the input, one tensor of x's size) and
+    ``step``. Nothing else: ``x / s``, the rounding residual and the clamp
+    masks are recomputed in backward. Composing PyTorch ops instead keeps the
+    division result, the rounded tensor and two comparison masks alive, about
+    3-4x the activation memory of this function.
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, qmin, qmax, grad_scale, shape):
+        s = step.to(x.dtype).view(shape)
+        ctx.save_for_backward(x, step)
+        ctx.qmin, ctx.qmax, ctx.grad_scale, ctx.shape = (qmin, qmax,
+                                                         grad_scale, shape)
+        return torch.clamp(torch.round(x / s), qmin, qmax) * s
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, step = ctx.saved_tensors
+        qmin, qmax, shape = ctx.qmin, ctx.qmax, ctx.shape
+        v = x / step.to(x.dtype).view(shape)
+        low, high = v <= qmin, v >= qmax
+        grad_x = grad_out.masked_fill(low | high, 0) if \
+            ctx.needs_input_grad[0] else None
+        grad_step = None
+        if ctx.needs_input_grad[1]:
+            # d(out)/d(s): round(v) - v inside, qmin / qmax where clipped.
+            ds = torch.where(low, float(qmin),
+                             torch.where(high, float(qmax),
+                                         torch.round(v) - v))
+            ds = (ds * grad_out).float()
+            if step.numel() == 1:
+                grad_step = ds.sum().reshape(step.shape)
+            else:
+                dims = [d for d in range(x.dim()) if shape[d] == 1]
+                grad_step = ds.sum(dim=dims).reshape(step.shape)
+            grad_step = (grad_step * ctx.grad_scale).to(step.dtype)
+        return grad_x, grad_step, None, None, None, None
+
+
+def lsq_fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
+                   axis: int = -1) -> torch.Tensor:
+    """Fake quantization with LSQ gradients for ``x`` and ``step``.
+
+    Forward equals :func:`fake_quant`. Backward: straight-through for
+    ``round`` (``dx = dy`` inside the grid, 0 where clipped); ``ds`` per
+    element is ``round(x/s) - x/s`` inside, ``qmin`` / ``qmax`` where
+    clipped, summed per group and multiplied by
+    :func:`lsq_grad_scale` ``(x.numel() / step.numel(), qmax)``.
+
+    Examples:
+        x = [0.26, -1.0, 0.9], s = 0.1, 4-bit signed (qmin -8, qmax 7):
+        x/s = [2.6, -10, 9] -> out = [0.3, -0.8, 0.7];
+        with dy = 1: dx = [1, 0, 0], ds = g * ((3 - 2.6) + (-8) + 7)
+        = g * (-0.6), g = 1 / sqrt(3 * 7).
+    """
+    shape = broadcast_shape(x.dim(), axis, step.numel())
+    g = lsq_grad_scale(x.numel() // step.numel(), qmax)
+    return _LSQFakeQuant.apply(x, step, qmin, qmax, g, shape)
+
+
+def _reduce_dims(x: torch.Tensor, axis: Optional[int]) -> torch.Tensor:
+    """Move ``axis`` first and flatten the rest: ``(C, -1)`` (``(1, -1)``
+    for per-tensor)."""
+    if axis is None:
+        return x.reshape(1, -1)
+    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+
+
+def minmax_step(x: torch.Tensor, qmin: int, qmax: int,
+                axis: Optional[int] = None) -> torch.Tensor:
+    """Symmetric step from the absolute maximum (signed) or maximum.
+
+    Examples:
+        >>> minmax_step(torch.tensor([[-2., 1.], [0.5, 7.]]), -8, 7, axis=0)
+        tensor([0.2857, 1.0000])
+    """
+    x2 = _reduce_dims(x.detach().float(), axis)
+    if qmin < 0:
+        amax = x2.abs().amax(dim=1)
+    else:
+        amax = x2.clamp(min=0).amax(dim=1)
+    return (amax / qmax).clamp(min=1e-8)
+
+
+def _kth(x2: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-row ``q``-quantile (nearest rank; no size limit, unlike
+    ``torch.quantile``)."""
+    n = x2.shape[1]
+    k = min(max(int(round(q * (n - 1))) + 1, 1), n)
+    return x2.kthvalue(k, dim=1).values
+
+
+def percentile_step(x: torch.Tensor,
+                    qmin: int,
+                    qmax: int,
+                    axis: Optional[int] = None,
+                    low: float = 0.01,
+                    high: float = 0.99) -> torch.Tensor:
+    """Symmetric step from the ``low`` / ``high`` percentiles.
+
+    Signed: ``max(|P_low|, |P_high|) / qmax``; unsigned: ``P_high / qmax``.
+    """
+    x2 = _reduce_dims(x.detach().float(), axis)
+    hi = _kth(x2, high)
+    amax = torch.maximum(hi.abs(), _kth(x2, low).abs()) if qmin < 0 else \
+        hi.clamp(min=0)
+    return (amax / qmax).clamp(min=1e-8)
+
+
+def search_weight_step(
+    w: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    candidates: Sequence[float] = (0.999, 0.9999, 0.99999, 1.0)
+) -> torch.Tensor:
+    """Per-output-channel (axis 0) step minimizing the L2 quantization error.
+
+    Each channel's clipping value is one of the ``candidates`` percentiles of
+    ``|w|`` in that channel; the one with the lowest
+    ``||w - fake_quant(w)||^2`` wins.
+    """
+    w2 = w.detach().float().reshape(w.shape[0], -1)
+    aw = w2.abs()
+    best_err = torch.full((w2.shape[0], ), float('inf'), device=w.device)
+    best = torch.ones(w2.shape[0], device=w.device)
+    for c in candidates:
+        step = (_kth(aw, c) / qmax).clamp(min=1e-8)
+        err = (fake_quant(w2, step[:, None], qmin, qmax) -
+               w2).pow(2).sum(dim=1)
+        better = err < best_err
+        best = torch.where(better, step, best)
+        best_err = torch.where(better, err, best_err)
+    return best

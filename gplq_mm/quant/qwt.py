@@ -1,0 +1,227 @@
+"""QwT ("Quantization without Tears") compensation: one linear layer per
+transformer block, ``out = block_q(x) + x W_c + b_c``, fitted in closed form.
+"""
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['QwTCompensator', 'BLOCK_TYPES', 'attach_compensator',
+           'detach_compensator', 'QwTStats', 'fit_qwt']
+
+# Transformer blocks that get a compensator, keyed like the attention
+# adapters so this package imports no host.
+BLOCK_TYPES = (
+    'mmpretrain.models.backbones.vision_transformer.TransformerEncoderLayer',
+    'mmpretrain.models.backbones.swin_transformer.SwinBlock',
+    'mmdet.models.backbones.swin.SwinBlock',
+    'timm.models.vision_transformer.Block',
+    'timm.models.swin_transformer.SwinTransformerBlock',
+)
+
+
+def is_block(mod: nn.Module) -> bool:
+    return any(f'{c.__module__}.{c.__qualname__}' in BLOCK_TYPES
+               for c in type(mod).__mro__)
+
+
+class QwTCompensator(nn.Module):
+    """``x -> x @ weight.T + bias``, added to its block's output while
+    ``active`` (a persisted flag set by the fit) and ``enabled`` (a runtime
+    switch, e.g. to evaluate without QwT)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim, dim), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(dim), requires_grad=False)
+        self.register_buffer('active', torch.zeros((), dtype=torch.bool))
+        self.enabled = True
+        self._active = False  # python mirror of `active`
+
+    @property
+    def on(self) -> bool:
+        return self._active and self.enabled
+
+    def set_active(self, flag: bool) -> None:
+        self.active.fill_(flag)
+        self._active = flag
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if not any(k.startswith(prefix) for k in state_dict):
+            return  # a float / Stage-1 checkpoint: nothing fitted yet
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._active = bool(self.active)
+
+
+def _qwt_hook(block, args, output):
+    comp = block.qwt
+    if comp.on:
+        return output + comp(args[0])
+    return output
+
+
+def attach_compensator(block: nn.Module) -> QwTCompensator:
+    """Add ``block.qwt`` and the forward hook that applies it
+    (idempotent)."""
+    if 'qwt' in block._modules:
+        return block.qwt
+    norms = [m for m in block.modules() if isinstance(m, nn.LayerNorm)]
+    if not norms:
+        raise ValueError(f'cannot infer the width of block '
+                         f'{type(block).__name__}: it has no LayerNorm')
+    ref = next(block.parameters())
+    block.qwt = QwTCompensator(norms[0].normalized_shape[-1]).to(ref.device)
+    block.__dict__['_gplq_qwt_handle'] = block.register_forward_hook(
+        _qwt_hook)
+    return block.qwt
+
+
+def detach_compensator(block: nn.Module) -> None:
+    if 'qwt' in block._modules:
+        block.__dict__.pop('_gplq_qwt_handle').remove()
+        del block._modules['qwt']
+
+
+class QwTStats:
+    """Sufficient statistics of the ridge regression ``T ~ [X, 1] W``.
+
+    Accumulates ``A = Xa^T Xa``, ``B = Xa^T T``, ``sum T^2``, ``sum T`` and the
+    row count in float64, ``Xa`` being X with a ones column.
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, device=None):
+        kw = dict(dtype=torch.float64, device=device)
+        self.A = torch.zeros(dim_in + 1, dim_in + 1, **kw)
+        self.B = torch.zeros(dim_in + 1, dim_out, **kw)
+        self.t2 = torch.zeros((), **kw)
+        self.t1 = torch.zeros(dim_out, **kw)
+        self.n = torch.zeros((), **kw)
+
+    def update(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).double()  # (tokens, D_in)
+        t = t.reshape(-1, t.shape[-1]).double()  # (tokens, D_out)
+        xa = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+        self.A += xa.T @ xa
+        self.B += xa.T @ t
+        self.t2 += t.pow(2).sum()
+        self.t1 += t.sum(0)
+        self.n += t.shape[0]
+
+    def all_reduce(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            for v in (self.A, self.B, self.t2, self.t1, self.n):
+                dist.all_reduce(v)
+
+    def solve(self, ridge: float = 1e-4) -> Tuple[torch.Tensor, float]:
+        """Return ``W`` of shape ``(D_in + 1, D_out)`` (last row: bias) and the
+        fit's R^2 on the accumulated data.
+
+        ``W = (A + lam I)^-1 B`` with ``lam = ridge * trace(A) / (D_in + 1)``.
+        """
+        d = self.A.shape[0]
+        lam = ridge * torch.trace(self.A) / d
+        w = torch.linalg.solve(
+            self.A + lam * torch.eye(d, dtype=self.A.dtype,
+                                     device=self.A.device), self.B)
+        sse = self.t2 - 2 * (w * self.B).sum() + (w * (self.A @ w)).sum()
+        sst = self.t2 - (self.t1.pow(2) / self.n.clamp(min=1)).sum()
+        r2 = 1.0 - float(sse / sst) if float(sst) > 0 else 0.0
+        return w, r2
+
+
+class _Stop(Exception):
+    pass
+
+
+def _capture(block: nn.Module, store: dict) -> Callable:
+
+    def hook(mod, args, output):
+        store['x'], store['y'] = args[0], output
+        raise _Stop
+
+    return block.register_forward_hook(hook)
+
+
+@torch.no_grad()
+def fit_qwt(blocks: List[Tuple[str, nn.Module]],
+            batches: Iterable,
+            forward: Callable,
+            set_weight_quant: Callable[[bool], None],
+            ridge: float = 1e-4,
+            logger: Optional[Callable[[str], None]] = None) -> Dict[str, float]:
+    """Fit the compensators of ``blocks`` in order.
+
+    For block ``i`` and every batch: a W32A4 pass (weights float, no
+    compensation) gives the reference output ``Y``; a W4A4 pass (weights
+    quantized, blocks ``< i`` compensated) gives the block input ``X`` and
+    output ``Y_q``. Then ``[W_c; b_c]`` solves the ridge regression of
+    ``Y - Y_q`` on ``[X, 1]``. A compensator is kept only if its R^2 > 0.
+    Each forward stops at block ``i``.
+
+    Args:
+        blocks: ``(name, block)`` in forward order, each with ``block.qwt``.
+        batches: Re-iterable calibration inputs.
+        forward: Runs the model on one batch.
+        set_weight_quant: Switches weight quantization on / off.
+        ridge: Relative ridge term (see :meth:`QwTStats.solve`).
+
+    Returns:
+        dict: block name -> R^2 (kept where > 0).
+    """
+    comps = [b.qwt for _, b in blocks]
+    saved = [c.enabled for c in comps]
+    r2s = {}
+    try:
+        for i, (name, block) in enumerate(blocks):
+            stats = None
+            for batch in batches:
+                store = {}
+                for c in comps:
+                    c.enabled = False
+                set_weight_quant(False)
+                handle = _capture(block, store)
+                try:
+                    forward(batch)
+                except _Stop:
+                    pass
+                finally:
+                    handle.remove()
+                y_ref = store['y']
+                for j, c in enumerate(comps):
+                    c.enabled = j < i
+                set_weight_quant(True)
+                handle = _capture(block, store)
+                try:
+                    forward(batch)
+                except _Stop:
+                    pass
+                finally:
+                    handle.remove()
+                if stats is None:
+                    stats = QwTStats(store['x'].shape[-1], y_ref.shape[-1],
+                                     device=y_ref.device)
+                stats.update(store['x'], y_ref - store['y'])
+            stats.all_reduce()
+            w, r2 = stats.solve(ridge)
+            comp = block.qwt
+            keep = r2 > 0
+            comp.weight.copy_(w[:-1].T.to(comp.weight.dtype))
+            comp.bias.copy_(w[-1].to(comp.bias.dtype))
+            if not keep:
+                comp.weight.zero_()
+                comp.bias.zero_()
+            comp.set_active(keep)
+            r2s[name] = r2
+            if logger:
+                logger(f'QwT [{i + 1}/{len(blocks)}] {name}: R^2={r2:.4f} '
+                       f'({"kept" if keep else "dropped"})')
+    finally:
+        for c, e in zip(comps, saved):
+            c.enabled = e
+        set_weight_quant(True)
+    return r2s

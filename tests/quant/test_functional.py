@@ -1,0 +1,89 @@
+import math
+
+import pytest
+import torch
+
+from gplq_mm.quant import functional as QF
+
+
+def test_qrange_and_fake_quant_example():
+    assert QF.qrange(4, True) == (-8, 7)
+    assert QF.qrange(3, False) == (0, 7)
+    out = QF.fake_quant(torch.tensor([0.26, -1.0, 0.9]), torch.tensor(0.1),
+                        -8, 7)
+    assert torch.allclose(out, torch.tensor([0.3, -0.8, 0.7]))
+
+
+def test_lsq_hand_checked_example():
+    """The docstring's example: x = [0.26, -1, 0.9], s = 0.1, 4-bit signed."""
+    x = torch.tensor([0.26, -1.0, 0.9], requires_grad=True)
+    s = torch.tensor([0.1], requires_grad=True)
+    out = QF.lsq_fake_quant(x, s, -8, 7)
+    assert torch.allclose(out, torch.tensor([0.3, -0.8, 0.7]))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.tensor([1.0, 0.0, 0.0]))
+    g = 1 / math.sqrt(3 * 7)
+    assert s.grad.item() == pytest.approx(g * ((3 - 2.6) - 8 + 7), rel=1e-5)
+
+
+def _reference_lsq(x, s, qmin, qmax, axis):
+    """LSQ written with autograd tricks (round / grad-scale STE)."""
+    shape = QF.broadcast_shape(x.dim(), axis, s.numel())
+    g = QF.lsq_grad_scale(x.numel() // s.numel(), qmax)
+    s_ = (s * g - (s * g).detach() + s.detach()).view(shape)
+    v = torch.clamp(x / s_, qmin, qmax)
+    v = v + (torch.round(v) - v).detach()
+    return v * s_
+
+
+@pytest.mark.parametrize('axis,channels,signed', [(-1, 1, True),
+                                                   (-1, 6, True),
+                                                   (1, 4, False),
+                                                   (-2, 5, True)])
+def test_lsq_matches_autograd_reference(axis, channels, signed):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5, 6) * 2
+    s = torch.rand(channels) * 0.3 + 0.05
+    qmin, qmax = QF.qrange(4, signed)
+    dy = torch.randn_like(x)
+    grads = []
+    for fn in (QF.lsq_fake_quant, _reference_lsq):
+        xx, ss = x.clone().requires_grad_(), s.clone().requires_grad_()
+        out = fn(xx, ss, qmin, qmax, axis=axis)
+        (out * dy).sum().backward()
+        grads.append((out.detach(), xx.grad, ss.grad))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_lsq_saves_only_input_and_step():
+    x = torch.randn(4, 8, requires_grad=True)
+    s = torch.full((8, ), 0.1, requires_grad=True)
+    out = QF.lsq_fake_quant(x, s, -8, 7)
+    saved = out.grad_fn.saved_tensors
+    assert len(saved) == 2
+    assert saved[0].data_ptr() == x.data_ptr()
+
+
+def test_init_steps():
+    x = torch.tensor([[-2., 1.], [0.5, 7.]])
+    assert torch.allclose(QF.minmax_step(x, -8, 7, axis=0),
+                          torch.tensor([2 / 7, 1.0]))
+    assert torch.allclose(QF.minmax_step(x, 0, 15), torch.tensor([7 / 15]))
+    y = torch.arange(101.).reshape(1, -1)  # 0..100
+    assert torch.allclose(QF.percentile_step(y, -8, 7, axis=0),
+                          torch.tensor([99 / 7]))
+
+
+def test_weight_search_picks_lowest_error():
+    torch.manual_seed(0)
+    w = torch.randn(4, 10000)
+    w[0, 0] = 50.0  # one outlier: clipping it must win for channel 0
+    step = QF.search_weight_step(w, -8, 7)
+    full = w.abs().amax(1) / 7
+    assert step[0] < full[0]
+    for cand in (0.999, 0.9999, 0.99999, 1.0):
+        s = (QF._kth(w.abs(), cand) / 7)
+        err = (QF.fake_quant(w, s[:, None], -8, 7) - w).pow(2).sum(1)
+        best = (QF.fake_quant(w, step[:, None], -8, 7) - w).pow(2).sum(1)
+        assert (best <= err + 1e-6).all()
