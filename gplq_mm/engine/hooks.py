@@ -1,11 +1,14 @@
 """GPLQHook: switches the stages around mmengine's ordinary train loop."""
+import json
 import math
+import os.path as osp
+import resource
 import time
-from typing import Iterator, List, Optional
+from typing import Iterator, List
 
 import torch
 import torch.distributed as dist
-from mmengine.dist import get_world_size
+from mmengine.dist import get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
@@ -28,6 +31,9 @@ class GPLQHook(Hook):
     * ``after_train``: Stage 2 (weight PTQ + QwT on ``ptq_images`` training
       images), save ``<work_dir>/<final_name>``, and evaluate it when a
       validation loop is configured.
+
+    Wall times, peak memory, the PCA dimension and the QwT fits go to
+    ``<work_dir>/gplq_stats.json``.
 
     All image counts are totals over all processes.
 
@@ -59,6 +65,23 @@ class GPLQHook(Hook):
         self.calib_images, self.pca_images = calib_images, pca_images
         self.ptq_images, self.qwt, self.qwt_ridge = ptq_images, qwt, qwt_ridge
         self.weight_ptq, self.final_name = weight_ptq, final_name
+        self.stats = {}
+
+    @staticmethod
+    def _peak_memory_mb() -> float:
+        """Peak GPU memory allocated when on CUDA, else peak host RSS."""
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            return torch.cuda.max_memory_allocated() / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _reset_peak(self) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()
+
+    def _dump(self, runner) -> None:
+        if is_main_process():
+            with open(osp.join(runner.work_dir, 'gplq_stats.json'), 'w') as f:
+                json.dump(self.stats, f, indent=2)
 
     # -- data ---------------------------------------------------------------
     def _check_size(self, runner, name: str, n: int) -> None:
@@ -92,6 +115,7 @@ class GPLQHook(Hook):
         if model.stage == 0:
             t = time.time()
             n = model.calibrate(self._inputs(runner, self.calib_images))
+            self.stats['calibration_s'] = time.time() - t
             runner.logger.info(
                 f'GPLQ: calibrated {n} activation quantizers on '
                 f'{self.calib_images} images in {time.time() - t:.1f}s; '
@@ -103,12 +127,19 @@ class GPLQHook(Hook):
             t = time.time()
             k = model.fit_pca(self._inputs(runner, self.pca_images))
             ev = float(model.pca.explained[:k].sum())
+            self.stats.update(pca_s=time.time() - t, pca_dim=k,
+                              pca_explained=ev)
             runner.logger.info(
                 f'GPLQ: PCA of the teacher features on {self.pca_images} '
                 f'images: kept {k}/{model.pca.dim} dims, {ev:.1%} of the '
                 f'variance ({time.time() - t:.1f}s)')
+        self._reset_peak()
+        self._t_stage1 = time.time()
 
     def after_train(self, runner) -> None:
+        self.stats.update(stage1_s=time.time() - self._t_stage1,
+                          stage1_peak_mem_mb=self._peak_memory_mb())
+        self._dump(runner)
         if not self.weight_ptq:
             return
         model = _unwrap(runner.model)
@@ -116,11 +147,16 @@ class GPLQHook(Hook):
             runner.logger.info('GPLQ: model already at W4A4; Stage 2 skipped')
             return
         t = time.time()
+        self._reset_peak()
         batches: List[torch.Tensor] = list(
             self._inputs(runner, self.ptq_images))
-        model.weight_ptq(
+        r2 = model.weight_ptq(
             batches, qwt=self.qwt, ridge=self.qwt_ridge,
             logger=runner.logger.info)
+        self.stats.update(stage2_s=time.time() - t,
+                          stage2_peak_mem_mb=self._peak_memory_mb(),
+                          qwt_r2=r2)
+        self._dump(runner)
         runner.logger.info(
             f'GPLQ: Stage 2 (weight PTQ{" + QwT" if self.qwt else ""}) on '
             f'{self.ptq_images} images took {time.time() - t:.1f}s')

@@ -30,6 +30,8 @@ class GPLQModel(BaseModel):
         quant_cfg (dict, optional): :class:`~gplq_mm.quant.QuantConfig`
             fields. Defaults to None (``default_scope`` of the subclass).
         use_qwt (bool): Apply fitted QwT compensators. Defaults to True.
+        data_preprocessor (dict, optional): Given to the host model when its
+            config has none. Defaults to None.
         init_cfg (dict, optional): Unused by GPLQ; kept for mmengine.
 
     The persisted buffer ``gplq_stage`` (0 float, 1 W32A4, 2 W4A4) decides
@@ -42,11 +44,17 @@ class GPLQModel(BaseModel):
                  checkpoint: Optional[str] = None,
                  quant_cfg: Optional[dict] = None,
                  use_qwt: bool = True,
+                 data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         if not isinstance(architecture, dict):
             raise TypeError('architecture must be the host model config (a '
                             f'dict), got {type(architecture).__name__}')
+        architecture = dict(architecture)
+        if data_preprocessor is not None:
+            # The Runner hands the config's top-level data_preprocessor to
+            # the outermost model; it belongs to the host.
+            architecture.setdefault('data_preprocessor', data_preprocessor)
         self.student = MODELS.build(architecture)
         self._check_architecture(self.student)
         teacher = MODELS.build(architecture)

@@ -87,12 +87,9 @@ def detach_compensator(block: nn.Module) -> None:
         del block._modules['qwt']
 
 
-class QwTStats:
-    """Sufficient statistics of the ridge regression ``T ~ [X, 1] W``.
-
-    Accumulates ``A = Xa^T Xa``, ``B = Xa^T T``, ``sum T^2``, ``sum T`` and the
-    row count in float64, ``Xa`` being X with a ones column.
-    """
+class _Moments:
+    """Sums of the ridge regression ``T ~ [X, 1] W`` in float64:
+    ``A = Xa^T Xa``, ``B = Xa^T T``, ``sum T^2``, ``sum T``, rows."""
 
     def __init__(self, dim_in: int, dim_out: int, device=None):
         kw = dict(dtype=torch.float64, device=device)
@@ -101,6 +98,9 @@ class QwTStats:
         self.t2 = torch.zeros((), **kw)
         self.t1 = torch.zeros(dim_out, **kw)
         self.n = torch.zeros((), **kw)
+
+    def tensors(self):
+        return (self.A, self.B, self.t2, self.t1, self.n)
 
     def update(self, x: torch.Tensor, t: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).double()  # (tokens, D_in)
@@ -112,26 +112,62 @@ class QwTStats:
         self.t1 += t.sum(0)
         self.n += t.shape[0]
 
+    def solve(self, ridge: float) -> torch.Tensor:
+        d = self.A.shape[0]
+        lam = ridge * torch.trace(self.A) / d
+        eye = torch.eye(d, dtype=self.A.dtype, device=self.A.device)
+        return torch.linalg.solve(self.A + lam * eye, self.B)
+
+    def r2(self, w: torch.Tensor) -> float:
+        """R^2 of the prediction ``Xa w`` on these rows."""
+        sse = self.t2 - 2 * (w * self.B).sum() + (w * (self.A @ w)).sum()
+        sst = self.t2 - (self.t1.pow(2) / self.n.clamp(min=1)).sum()
+        return 1.0 - float(sse / sst) if float(sst) > 0 else 0.0
+
+
+class QwTStats:
+    """Sufficient statistics of one block's compensator fit.
+
+    Images alternate between a fitting half and a held-out half, so the
+    keep / drop test (R^2 > 0) is measured on images the fit did not see
+    (in-sample R^2 of least squares with an intercept is never negative).
+    The kept solution is then refitted on all images.
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, device=None):
+        self.parts = (_Moments(dim_in, dim_out, device),
+                      _Moments(dim_in, dim_out, device))
+        self._images = 0
+
+    def update(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        """``x``, ``t``: (images, ..., D); image ``i`` goes to half
+        ``i % 2`` (counted across calls)."""
+        first = self._images % 2
+        self.parts[first].update(x[0::2], t[0::2])
+        if x.shape[0] > 1:
+            self.parts[1 - first].update(x[1::2], t[1::2])
+        self._images += x.shape[0]
+
     def all_reduce(self) -> None:
         if dist.is_available() and dist.is_initialized():
-            for v in (self.A, self.B, self.t2, self.t1, self.n):
-                dist.all_reduce(v)
+            for part in self.parts:
+                for v in part.tensors():
+                    dist.all_reduce(v)
 
     def solve(self, ridge: float = 1e-4) -> Tuple[torch.Tensor, float]:
-        """Return ``W`` of shape ``(D_in + 1, D_out)`` (last row: bias) and the
-        fit's R^2 on the accumulated data.
+        """``W`` of shape ``(D_in + 1, D_out)`` (last row: bias), fitted on all
+        images, and the held-out R^2 of the fit on the first half.
 
         ``W = (A + lam I)^-1 B`` with ``lam = ridge * trace(A) / (D_in + 1)``.
         """
-        d = self.A.shape[0]
-        lam = ridge * torch.trace(self.A) / d
-        w = torch.linalg.solve(
-            self.A + lam * torch.eye(d, dtype=self.A.dtype,
-                                     device=self.A.device), self.B)
-        sse = self.t2 - 2 * (w * self.B).sum() + (w * (self.A @ w)).sum()
-        sst = self.t2 - (self.t1.pow(2) / self.n.clamp(min=1)).sum()
-        r2 = 1.0 - float(sse / sst) if float(sst) > 0 else 0.0
-        return w, r2
+        fit, held = self.parts
+        if float(held.n) == 0:  # a single image: nothing held out
+            w = fit.solve(ridge)
+            return w, fit.r2(w)
+        r2 = held.r2(fit.solve(ridge))
+        total = _Moments(1, 1)
+        total.A, total.B = fit.A + held.A, fit.B + held.B
+        return total.solve(ridge), r2
 
 
 class _Stop(Exception):
@@ -160,7 +196,8 @@ def fit_qwt(blocks: List[Tuple[str, nn.Module]],
     compensation) gives the reference output ``Y``; a W4A4 pass (weights
     quantized, blocks ``< i`` compensated) gives the block input ``X`` and
     output ``Y_q``. Then ``[W_c; b_c]`` solves the ridge regression of
-    ``Y - Y_q`` on ``[X, 1]``. A compensator is kept only if its R^2 > 0.
+    ``Y - Y_q`` on ``[X, 1]``. A compensator is kept only if its R^2 > 0
+    on held-out calibration images (see :class:`QwTStats`).
     Each forward stops at block ``i``.
 
     Args:
@@ -171,7 +208,7 @@ def fit_qwt(blocks: List[Tuple[str, nn.Module]],
         ridge: Relative ridge term (see :meth:`QwTStats.solve`).
 
     Returns:
-        dict: block name -> R^2 (kept where > 0).
+        dict: block name -> held-out R^2 (kept where > 0).
     """
     comps = [b.qwt for _, b in blocks]
     saved = [c.enabled for c in comps]

@@ -1,0 +1,30 @@
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope='session')
+def digits_root(tmp_path_factory):
+    from make_digits import make_digits
+    root = str(tmp_path_factory.mktemp('digits'))
+    make_digits(root, size=16)
+    return root
+
+
+@pytest.fixture(scope='session')
+def fp_checkpoint(digits_root, tmp_path_factory):
+    """A tiny float ViT trained for one epoch by an mmengine Runner: the
+    checkpoint holds what mmengine writes (message hub, numpy meta)."""
+    from mmengine.runner import Runner
+
+    import gplq_mm  # noqa: F401
+    from tests.helpers import fp_cfg
+    work_dir = str(tmp_path_factory.mktemp('fp'))
+    Runner.from_cfg(fp_cfg(digits_root, work_dir)).train()
+    return os.path.join(work_dir, 'epoch_1.pth')

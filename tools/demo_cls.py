@@ -1,0 +1,112 @@
+"""`make demo`: GPLQ W4A4 on real data, end to end, through tools/train.py
+and tools/test.py.
+
+1. writes scikit-learn's handwritten digits as an ImageNet-layout dataset;
+2. trains a small float ViT on it (configs/demo/vit-tiny_digits_fp.py);
+3. runs GPLQ W4A4 on it (configs/demo/gplq_vit-tiny_digits_w4a4.py):
+   Stage 1 then Stage 2, one tools/train.py call;
+4. evaluates FP32, Stage 1 (W32A4), W4A4 without and with QwT through
+   tools/test.py, prints a table and writes work_dirs/demo/cls_results.json.
+
+Finished steps are reused (pass --force to redo everything).
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+FP_CFG = 'configs/demo/vit-tiny_digits_fp.py'
+GPLQ_CFG = 'configs/demo/gplq_vit-tiny_digits_w4a4.py'
+WORK = 'work_dirs/demo'
+
+
+def run(step, args):
+    """Run a tool in its own process; return (wall s, peak RSS MiB)."""
+    print(f'\n==> {step}: {" ".join(args)}', flush=True)
+    t = time.time()
+    proc = subprocess.Popen([sys.executable] + args, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        sys.exit(f'demo: step "{step}" failed (exit {proc.returncode})')
+    return time.time() - t, usage.ru_maxrss / 1024
+
+
+def top1(path):
+    with open(path) as f:
+        return json.load(f)['accuracy/top1']
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--force', action='store_true', help='redo every step')
+    args = p.parse_args()
+    os.chdir(ROOT)
+    if args.force:
+        shutil.rmtree(WORK, ignore_errors=True)
+    os.makedirs(WORK, exist_ok=True)
+    if not osp.isfile('data/digits/meta/val.txt'):
+        sys.path.insert(0, osp.join(ROOT, 'tools'))
+        from make_digits import make_digits
+        print('==> dataset:', make_digits('data/digits'))
+    n_val = sum(1 for _ in open('data/digits/meta/val.txt'))
+    fp_ckpt = f'{WORK}/fp/epoch_60.pth'
+    gplq_dir = f'{WORK}/gplq'
+    cost = {}
+    if not osp.isfile(fp_ckpt):
+        cost['FP32 training'] = run('train FP32 ViT', [
+            'tools/train.py', FP_CFG, '--work-dir', f'{WORK}/fp'])
+    if not osp.isfile(f'{gplq_dir}/gplq_w4a4.pth'):
+        cost['GPLQ (Stage 1 + 2)'] = run('GPLQ W4A4', [
+            'tools/train.py', GPLQ_CFG, '--work-dir', gplq_dir,
+            '--cfg-options', f'model.checkpoint={fp_ckpt}'])
+    stage1_ckpt = f'{gplq_dir}/epoch_5.pth'
+    evals = [
+        ('FP32', FP_CFG, fp_ckpt, []),
+        ('Stage 1 (W32A4)', GPLQ_CFG, stage1_ckpt, []),
+        ('W4A4, no QwT', GPLQ_CFG, f'{gplq_dir}/gplq_w4a4.pth',
+         ['--cfg-options', 'model.use_qwt=False']),
+        ('W4A4 (GPLQ)', GPLQ_CFG, f'{gplq_dir}/gplq_w4a4.pth', []),
+    ]
+    rows = []
+    for i, (name, cfg, ckpt, extra) in enumerate(evals):
+        out = f'{WORK}/eval_{i}.json'
+        wall, rss = run(f'test {name}', [
+            'tools/test.py', cfg, ckpt, '--out', out, '--work-dir',
+            f'{WORK}/test_{i}'
+        ] + extra)
+        rows.append(dict(model=name, top1=top1(out), test_s=wall,
+                         test_peak_rss_mb=rss))
+    stats_path = f'{gplq_dir}/gplq_stats.json'
+    stats = json.load(open(stats_path)) if osp.isfile(stats_path) else {}
+    fp = rows[0]['top1']
+    print(f'\nGPLQ demo: digits, val set {n_val} images '
+          f'(1 image = {100 / n_val:.2f} points)\n')
+    print('| model | top-1 | vs FP32 |')
+    print('|---|---|---|')
+    for r in rows:
+        print(f"| {r['model']} | {r['top1']:.2f} | {r['top1'] - fp:+.2f} |")
+    print('\n| stage | wall time (s) | peak memory (MiB) |')
+    print('|---|---|---|')
+    for k, (wall, rss) in cost.items():
+        print(f'| {k} (whole process) | {wall:.1f} | {rss:.0f} |')
+    for k in ('calibration', 'pca', 'stage1', 'stage2'):
+        if f'{k}_s' in stats:
+            mem = stats.get(f'{k}_peak_mem_mb')
+            print(f"| {k} | {stats[f'{k}_s']:.1f} | "
+                  f"{'' if mem is None else f'{mem:.0f}'} |")
+    result = dict(val_images=n_val, rows=rows, processes={
+        k: dict(wall_s=w, peak_rss_mb=m) for k, (w, m) in cost.items()
+    }, gplq_stats=stats)
+    with open(f'{WORK}/cls_results.json', 'w') as f:
+        json.dump(result, f, indent=2)
+    print(f'\nwritten: {WORK}/cls_results.json')
+
+
+if __name__ == '__main__':
+    main()
