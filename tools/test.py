@@ -8,6 +8,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401  registers GPLQ, allows mmengine checkpoints
+from gplq_mm.engine import prepare_launch
 
 
 def parse_args():
@@ -40,6 +41,7 @@ def main():
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
+    prepare_launch(cfg)
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
     if args.out and runner.rank == 0:

@@ -8,6 +8,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401  registers GPLQ, allows mmengine checkpoints
+from gplq_mm.engine import prepare_launch
 
 
 def parse_args():
@@ -46,6 +47,7 @@ def main():
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
+    prepare_launch(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
 

@@ -1,4 +1,5 @@
 from .checkpoint import allow_mmengine_checkpoints
 from .hooks import GPLQHook
+from .launch import prepare_launch
 
-__all__ = ['GPLQHook', 'allow_mmengine_checkpoints']
+__all__ = ['GPLQHook', 'allow_mmengine_checkpoints', 'prepare_launch']

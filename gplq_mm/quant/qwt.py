@@ -131,22 +131,28 @@ class QwTStats:
     Images alternate between a fitting half and a held-out half, so the
     keep / drop test (R^2 > 0) is measured on images the fit did not see
     (in-sample R^2 of least squares with an intercept is never negative).
-    The kept solution is then refitted on all images.
+    The kept solution is then refitted on all images. The alternation
+    follows the global image index of a sharded loader (rank ``r`` holds
+    images ``r, r + world, ...``), so the halves do not depend on the number
+    of processes.
     """
 
     def __init__(self, dim_in: int, dim_out: int, device=None):
         self.parts = (_Moments(dim_in, dim_out, device),
                       _Moments(dim_in, dim_out, device))
         self._images = 0
+        dist_on = dist.is_available() and dist.is_initialized()
+        self._rank = dist.get_rank() if dist_on else 0
+        self._world = dist.get_world_size() if dist_on else 1
 
     def update(self, x: torch.Tensor, t: torch.Tensor) -> None:
-        """``x``, ``t``: (images, ..., D); image ``i`` goes to half
-        ``i % 2`` (counted across calls)."""
-        first = self._images % 2
-        self.parts[first].update(x[0::2], t[0::2])
-        if x.shape[0] > 1:
-            self.parts[1 - first].update(x[1::2], t[1::2])
+        """``x``, ``t``: (images, ..., D), in loader order."""
+        local = torch.arange(self._images, self._images + x.shape[0])
+        held = ((local * self._world + self._rank) % 2 == 1).to(x.device)
         self._images += x.shape[0]
+        for part, mask in ((self.parts[0], ~held), (self.parts[1], held)):
+            if mask.any():
+                part.update(x[mask], t[mask])
 
     def all_reduce(self) -> None:
         if dist.is_available() and dist.is_initialized():

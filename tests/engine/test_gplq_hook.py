@@ -1,0 +1,149 @@
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.runner import Runner
+
+import gplq_mm  # noqa: F401
+from tests.helpers import gplq_cfg
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def _student_state(path):
+    state = torch.load(path)['state_dict']
+    return {k: v for k, v in state.items() if k.startswith('student.')}
+
+
+def test_one_run_gives_w4a4_checkpoint_that_tests(digits_root, fp_checkpoint,
+                                                  tmp_path):
+    cfg = gplq_cfg(digits_root, str(tmp_path), fp_checkpoint)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    model = runner.model
+    assert model.stage == 2 and bool(model.pca.fitted)
+    stats = json.load(open(tmp_path / 'gplq_stats.json'))
+    assert {'calibration_s', 'pca_s', 'stage1_s', 'stage2_s',
+            'qwt_r2'} <= set(stats)
+    assert stats['pca_dim'] % 32 == 0
+    final = tmp_path / 'gplq_w4a4.pth'
+    stage1 = torch.load(tmp_path / 'epoch_1.pth')['state_dict']
+    assert int(stage1['gplq_stage']) == 1
+    assert not any(k.startswith('teacher') for k in stage1)
+    # Evaluate the final checkpoint as tools/test.py does: no FP checkpoint.
+    test_cfg = gplq_cfg(digits_root, str(tmp_path / 'test'), None)
+    test_cfg.load_from = str(final)
+    tester = Runner.from_cfg(test_cfg)
+    metrics = tester.test()
+    assert tester.model.stage == 2
+    x = torch.randn(2, 3, 16, 16)
+    model.eval()
+    assert torch.equal(tester.model(x), model(x))
+    assert 0 <= metrics['accuracy/top1'] <= 100
+
+
+def test_resume_continues_stage1(digits_root, fp_checkpoint, tmp_path):
+    hook = dict(weight_ptq=False)
+    full = Runner.from_cfg(gplq_cfg(digits_root, str(tmp_path / 'full'),
+                                    fp_checkpoint, max_epochs=2, hook=hook))
+    full.train()
+    part = Runner.from_cfg(gplq_cfg(digits_root, str(tmp_path / 'part'),
+                                    fp_checkpoint, max_epochs=1, hook=hook))
+    part.train()
+    cfg = gplq_cfg(digits_root, str(tmp_path / 'part'), fp_checkpoint,
+                   max_epochs=2, hook=hook)
+    cfg.resume = True
+    resumed = Runner.from_cfg(cfg)
+    calls = []
+    resumed.model.calibrate = lambda *a: calls.append('calibrate')
+    resumed.model.fit_pca = lambda *a: calls.append('pca')
+    resumed.train()
+    assert calls == []  # quantizer and PCA state came from the checkpoint
+    assert resumed.epoch == 2
+    a = _student_state(tmp_path / 'full' / 'epoch_2.pth')
+    b = _student_state(tmp_path / 'part' / 'epoch_2.pth')
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_dataset_too_small_fails_before_training(digits_root, fp_checkpoint,
+                                                 tmp_path):
+    cfg = gplq_cfg(digits_root, str(tmp_path), fp_checkpoint,
+                   train_images=16, hook=dict())
+    cfg.custom_hooks[0].update(calib_images=8, ptq_images=8, pca_images=500)
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ValueError, match='pca_images=500 but the training '
+                       'set has only 16 images'):
+        runner.train()
+    assert runner.iter == 0
+
+
+DIST_WORKER = r'''
+import sys, json, torch
+sys.path.insert(0, {root!r})
+from mmengine.runner import Runner
+from mmengine.dist import all_gather_object, get_rank
+import gplq_mm
+from gplq_mm.engine import prepare_launch
+from tests.helpers import gplq_cfg
+cfg = gplq_cfg({data!r}, {work!r}, {ckpt!r}, train_images=64,
+               quant_cfg=dict(attn_init='minmax'))
+cfg.train_dataloader.batch_size = {bs}
+cfg.optim_wrapper.optimizer.lr = 0.0  # compare the statistics, not Adam noise
+cfg.custom_hooks[0].update(calib_images=32, pca_images=64, ptq_images=32)
+cfg.launcher = {launcher!r}
+prepare_launch(cfg)
+runner = Runner.from_cfg(cfg)
+runner.train()
+model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+state = {{k: v.double().sum().item() for k, v in model.state_dict().items()}}
+states = all_gather_object(state)
+if get_rank() == 0:
+    json.dump(states, open({work!r} + '/states.json', 'w'))
+'''
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _launch(tmp_path, name, digits_root, fp_checkpoint, nproc):
+    work = str(tmp_path / name)
+    os.makedirs(work)
+    script = tmp_path / f'{name}.py'
+    script.write_text(DIST_WORKER.format(
+        root=ROOT, data=digits_root, work=work, ckpt=fp_checkpoint,
+        bs=16 // nproc, launcher='pytorch' if nproc > 1 else 'none'))
+    cmd = [sys.executable, str(script)]
+    if nproc > 1:
+        cmd = [sys.executable, '-m', 'torch.distributed.run',
+               f'--nproc_per_node={nproc}', f'--master_port={_free_port()}',
+               str(script)]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=600)
+    return json.load(open(osp.join(work, 'states.json')))
+
+
+def test_two_processes_match_one(digits_root, fp_checkpoint, tmp_path):
+    """2 CPU processes (gloo), batch 8 each, against 1 process at batch 16:
+    calibration, PCA, weight PTQ and QwT end identical on every rank and
+    equal to the single process (min/max calibration and summed statistics
+    are exact reductions). LR 0 keeps Adam's sign-like first steps from
+    turning reduction-order rounding into weight differences that 4-bit
+    rounding would then amplify."""
+    (one, ) = _launch(tmp_path, 'one', digits_root, fp_checkpoint, 1)
+    r0, r1 = _launch(tmp_path, 'two', digits_root, fp_checkpoint, 2)
+    assert r0 == r1
+    assert r0.keys() == one.keys()
+    bad = [(k, r0[k], one[k]) for k in one
+           if r0[k] != pytest.approx(one[k], rel=1e-4, abs=1e-5)]
+    assert not bad
+    assert any('qwt' in k and v != 0 for k, v in one.items())
