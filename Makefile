@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gplq-env
 
-.PHONY: env test demo clean
+.PHONY: env test demo demo-det clean
 
 $(STAMP): requirements.txt setup.py tools/setup_env.sh
 	VENV=$(VENV) bash tools/setup_env.sh
@@ -16,6 +16,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) tools/demo_cls.py
+
+demo-det: $(STAMP)
+	$(PY) tools/demo_det.py
 
 clean:
 	rm -rf work_dirs

@@ -61,3 +61,36 @@ def gplq_cfg(root, work_dir, checkpoint, train_images=64, max_epochs=1,
     cfg.custom_hooks = [dict(type='GPLQHook', calib_images=32,
                              pca_images=64, ptq_images=32, **(hook or {}))]
     return cfg
+
+
+def det_fp_cfg(root, work_dir, train_images=8, max_epochs=1):
+    """The demo's tiny Swin Mask R-CNN on a few digit canvases."""
+    import os.path as osp
+    here = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    cfg = Config.fromfile(
+        osp.join(here, 'configs/demo/mask-rcnn_swin-tiny_digits_fp.py'))
+    cfg.work_dir = work_dir
+    for split in ('train', 'val', 'test'):
+        ds = cfg[f'{split}_dataloader'].dataset
+        ds.data_root = root + '/'
+        ds.indices = train_images if split == 'train' else 4
+    for ev in ('val_evaluator', 'test_evaluator'):
+        cfg[ev].ann_file = root + '/annotations/instances_val.json'
+    cfg.train_cfg.max_epochs = max_epochs
+    cfg.train_cfg.val_interval = 100
+    cfg.param_scheduler = []
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1)
+    cfg.log_level = 'WARNING'
+    return cfg
+
+
+def gplq_det_cfg(root, work_dir, checkpoint, scope='backbone', **kw):
+    cfg = det_fp_cfg(root, work_dir, **kw)
+    cfg.custom_imports = dict(imports=['gplq_mm'])
+    cfg.model = dict(type='GPLQDetector', architecture=cfg.model,
+                     checkpoint=checkpoint, scope=scope)
+    cfg.optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-4,
+                                            weight_decay=0.0))
+    cfg.custom_hooks = [dict(type='GPLQHook', calib_images=4,
+                             ptq_images=4)]
+    return cfg

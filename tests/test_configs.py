@@ -40,6 +40,6 @@ def test_real_architectures_convert_and_run(name):
     x = torch.randn(1, 3, 224, 224)
     model.eval()
     with torch.no_grad():
-        model.calibrate([x])
+        model.calibrate([dict(inputs=x)])
         out = model(x)
     assert out.shape == (1, 1000) and torch.isfinite(out).all()

@@ -91,17 +91,21 @@ class GPLQHook(Hook):
                 f'GPLQHook.{name}={n} but the training set has only {size} '
                 f'images; lower {name} or use a larger dataset')
 
-    def _inputs(self, runner, n_total: int) -> Iterator[torch.Tensor]:
-        """Preprocessed training inputs, ``n_total`` images over all ranks."""
+    def _batches(self, runner, n_total: int) -> Iterator[dict]:
+        """Preprocessed training batches, ``n_total`` images over all
+        ranks."""
         model = _unwrap(runner.model)
         n = math.ceil(n_total / get_world_size())
         seen = 0
         while seen < n:
             for data in runner.train_dataloader:
-                x = model.data_preprocessor(data, False)['inputs']
-                x = x[:n - seen]
-                seen += x.shape[0]
-                yield x
+                data = model.data_preprocessor(data, False)
+                k = min(len(data['inputs']), n - seen)
+                data['inputs'] = data['inputs'][:k]
+                if data.get('data_samples') is not None:
+                    data['data_samples'] = data['data_samples'][:k]
+                seen += k
+                yield data
                 if seen >= n:
                     return
 
@@ -112,9 +116,10 @@ class GPLQHook(Hook):
         self._check_size(runner, 'ptq_images', self.ptq_images)
         if getattr(model, 'alpha', 0) > 0:
             self._check_size(runner, 'pca_images', self.pca_images)
+        model.check_data(next(self._batches(runner, 1)))
         if model.stage == 0:
             t = time.time()
-            n = model.calibrate(self._inputs(runner, self.calib_images))
+            n = model.calibrate(self._batches(runner, self.calib_images))
             self.stats['calibration_s'] = time.time() - t
             runner.logger.info(
                 f'GPLQ: calibrated {n} activation quantizers on '
@@ -125,7 +130,7 @@ class GPLQHook(Hook):
                                'calibration skipped')
         if getattr(model, 'alpha', 0) > 0 and not bool(model.pca.fitted):
             t = time.time()
-            k = model.fit_pca(self._inputs(runner, self.pca_images))
+            k = model.fit_pca(self._batches(runner, self.pca_images))
             ev = float(model.pca.explained[:k].sum())
             self.stats.update(pca_s=time.time() - t, pca_dim=k,
                               pca_explained=ev)
@@ -148,8 +153,8 @@ class GPLQHook(Hook):
             return
         t = time.time()
         self._reset_peak()
-        batches: List[torch.Tensor] = list(
-            self._inputs(runner, self.ptq_images))
+        batches: List[dict] = list(
+            self._batches(runner, self.ptq_images))
         r2 = model.weight_ptq(
             batches, qwt=self.qwt, ridge=self.qwt_ridge,
             logger=runner.logger.info)

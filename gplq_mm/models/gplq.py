@@ -135,23 +135,28 @@ class GPLQModel(BaseModel):
         self.apply_stage()
 
     # -- the method's steps (called by GPLQHook) ----------------------------
-    def _features(self, model: nn.Module, inputs: torch.Tensor):
-        return model.extract_feat(inputs)
+    # ``batches`` are preprocessed data dicts (``inputs``, ``data_samples``).
+    def check_data(self, data: dict) -> None:
+        """Raise before training if ``data`` cannot train this model."""
+
+    def _calib_forward(self, data: dict) -> None:
+        """A forward that reaches every quantizer in scope."""
+        self.student.extract_feat(data['inputs'])
 
     @torch.no_grad()
-    def calibrate(self, batches: Iterable[torch.Tensor]) -> int:
+    def calibrate(self, batches: Iterable[dict]) -> int:
         """Initialize activation steps from ``batches``; enter Stage 1."""
         was_training = self.student.training
         self.student.eval()
         with calibration(self.student, 'act') as qs:
-            for x in batches:
-                self._features(self.student, x)
+            for data in batches:
+                self._calib_forward(data)
         self.student.train(was_training)
         self.set_stage(1)
         return len(qs)
 
     @torch.no_grad()
-    def weight_ptq(self, batches: List[torch.Tensor], qwt: bool = True,
+    def weight_ptq(self, batches: List[dict], qwt: bool = True,
                    ridge: float = 1e-4,
                    logger: Optional[Callable[[str], None]] = None) -> dict:
         """Stage 2: per-channel weight steps by L2 clipping search, then QwT
@@ -171,7 +176,7 @@ class GPLQModel(BaseModel):
         if qwt and blocks:
             r2 = fit_qwt(
                 blocks, batches,
-                forward=lambda x: self._features(self.student, x),
+                forward=lambda d: self.student.extract_feat(d['inputs']),
                 set_weight_quant=lambda on: set_quant_state(
                     self.student, weight=on),
                 ridge=ridge, logger=logger)
@@ -229,9 +234,9 @@ class GPLQClassifier(GPLQModel):
                                 self.teacher.extract_feat(inputs))
 
     @torch.no_grad()
-    def fit_pca(self, batches: Iterable[torch.Tensor]) -> int:
-        for x in batches:
-            self.pca.update(self.teacher_features(x))
+    def fit_pca(self, batches: Iterable[dict]) -> int:
+        for data in batches:
+            self.pca.update(self.teacher_features(data['inputs']))
         return self.pca.fit()
 
     def loss(self, inputs: torch.Tensor, data_samples) -> Dict:

@@ -29,8 +29,8 @@ def _stage1(fp_checkpoint):
     model = _build(fp_checkpoint)
     model.init_weights()
     x, _ = _batch(8)
-    model.calibrate([x])
-    model.fit_pca([torch.randn(64, 3, 16, 16)])
+    model.calibrate([dict(inputs=x)])
+    model.fit_pca([dict(inputs=torch.randn(64, 3, 16, 16))])
     return model
 
 
@@ -82,7 +82,7 @@ def test_stage1_fake_quantizes_no_weight(fp_checkpoint):
 def test_stage2_is_w4a4_and_reloads(fp_checkpoint):
     model = _stage1(fp_checkpoint)
     x, _ = _batch(8)
-    r2 = model.weight_ptq([x[:4], x[4:]])
+    r2 = model.weight_ptq([dict(inputs=x[:4]), dict(inputs=x[4:])])
     assert model.stage == 2 and len(r2) == 2
     assert all(q.enabled for _, q in iter_quantizers(model.student))
     model.eval()

@@ -1,0 +1,97 @@
+"""GPLQ for mmdet two-stage detectors (Mask R-CNN, Cascade Mask R-CNN)."""
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.registry import MODELS
+
+from .gplq import GPLQModel
+
+__all__ = ['GPLQDetector']
+
+# Module-name patterns quantized by each scope.
+SCOPES = {
+    'backbone': ('backbone', ),
+    'full': ('backbone', 'neck', 'rpn_head', 'roi_head'),
+}
+
+
+@MODELS.register_module()
+class GPLQDetector(GPLQModel):
+    """GPLQ for an mmdet ``TwoStageDetector`` (Mask R-CNN, Cascade Mask
+    R-CNN, ...).
+
+    Stage 1 trains on the detector's own loss; optionally plus
+    ``feat_loss_weight`` x the MSE between the student's and the frozen
+    teacher's neck outputs (``loss_feat``).
+
+    Args:
+        scope (str): ``'backbone'`` quantizes the backbone only; ``'full'``
+            also the FPN, RPN and RoI heads' Conv2d / Linear layers (how
+            published W4A4 detection results are measured). The patch-embed
+            input stays at 8 bits in both. Defaults to ``'backbone'``.
+        feat_loss_weight (float): Weight of ``loss_feat``; 0 disables it.
+            Defaults to 0.
+        **kwargs: See :class:`GPLQModel`; ``quant_cfg['include']``, if
+            given, overrides the scope's patterns.
+    """
+
+    def __init__(self, *args, scope: str = 'backbone',
+                 feat_loss_weight: float = 0.0, **kwargs):
+        if scope not in SCOPES:
+            raise ValueError(f'GPLQDetector.scope={scope!r} is not allowed: '
+                             f'use one of {sorted(SCOPES)}')
+        self.default_scope = dict(include=SCOPES[scope])
+        super().__init__(*args, **kwargs)
+        self.scope = scope
+        self.feat_loss_weight = float(feat_loss_weight)
+
+    def _check_architecture(self, model: nn.Module) -> None:
+        from mmdet.models.detectors import TwoStageDetector
+        if not isinstance(model, TwoStageDetector):
+            raise TypeError(
+                'GPLQDetector.architecture must build an mmdet two-stage '
+                'detector (Mask R-CNN, Cascade Mask R-CNN, ...); it built '
+                f'{type(model).__name__}')
+
+    def check_data(self, data: dict) -> None:
+        if not getattr(self.student, 'with_mask', False):
+            return
+        for sample in data.get('data_samples') or []:
+            if 'masks' not in sample.gt_instances:
+                raise ValueError(
+                    f'{type(self.student).__name__} has a mask head but the '
+                    'training data carry no instance masks: load them with '
+                    "dict(type='LoadAnnotations', with_bbox=True, "
+                    'with_mask=True) on a dataset with segmentations')
+
+    def _calib_forward(self, data: dict) -> None:
+        # predict reaches the neck and both heads, not only the backbone.
+        self.student.predict(data['inputs'], data['data_samples'])
+
+    def loss(self, inputs: torch.Tensor, data_samples) -> Dict:
+        feats = []
+        handle = None
+        if self.feat_loss_weight > 0:
+            target = self.student.neck if self.student.with_neck else \
+                self.student.backbone
+            handle = target.register_forward_hook(
+                lambda m, a, out: feats.append(out))
+        try:
+            losses = self.student.loss(inputs, data_samples)
+        finally:
+            if handle is not None:
+                handle.remove()
+        if feats:
+            with torch.no_grad():
+                f_t = self.teacher.extract_feat(inputs)
+            losses['loss_feat'] = self.feat_loss_weight * sum(
+                F.mse_loss(s, t) for s, t in zip(feats[0], f_t)) / len(f_t)
+        return losses
+
+    def forward(self, inputs: torch.Tensor, data_samples=None,
+                mode: str = 'tensor'):
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        return self.student(inputs, data_samples, mode=mode)

@@ -1,0 +1,117 @@
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.registry import MODELS, DefaultScope
+from mmengine.runner import Runner
+
+import gplq_mm  # noqa: F401
+from gplq_mm.quant import QuantConv2d, QuantLinear, iter_quantizers
+from tests.helpers import det_fp_cfg, gplq_det_cfg
+
+
+def _build(root, scope='backbone', checkpoint=None):
+    cfg = gplq_det_cfg(root, '/tmp/unused', checkpoint, scope=scope)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        return MODELS.build(cfg.model)
+
+
+def _quantized_names(model):
+    return {n for n, m in model.student.named_modules()
+            if isinstance(m, (QuantConv2d, QuantLinear))}
+
+
+def test_backbone_scope_quantizes_only_the_backbone(digit_coco_root):
+    model = _build(digit_coco_root, 'backbone')
+    names = _quantized_names(model)
+    assert names and all(n.startswith('backbone.') for n in names)
+    for n, m in model.student.named_modules():
+        if n.startswith(('neck', 'rpn_head', 'roi_head')):
+            assert not isinstance(m, (QuantConv2d, QuantLinear)), n
+
+
+def test_full_scope_quantizes_the_whole_detector(digit_coco_root):
+    model = _build(digit_coco_root, 'full')
+    names = _quantized_names(model)
+    for prefix in ('backbone.', 'neck.lateral_convs', 'neck.fpn_convs',
+                   'rpn_head.rpn_conv', 'rpn_head.rpn_cls',
+                   'roi_head.bbox_head.shared_fcs', 'roi_head.bbox_head.fc_cls',
+                   'roi_head.mask_head.convs', 'roi_head.mask_head.conv_logits'):
+        assert any(n.startswith(prefix) for n in names), prefix
+    # Every Conv2d / Linear is quantized; the mask head's transposed conv is
+    # not a Conv2d and stays float.
+    for n, m in model.student.named_modules():
+        if type(m) in (nn.Conv2d, nn.Linear):
+            pytest.fail(f'float {type(m).__name__} left at {n}')
+    assert isinstance(model.student.roi_head.mask_head.upsample,
+                      nn.ConvTranspose2d)
+    pe = model.student.backbone.patch_embed.projection
+    assert isinstance(pe, QuantConv2d) and pe.input_quantizer.bits == 8
+
+
+def test_bad_scope_and_architecture(digit_coco_root):
+    with pytest.raises(ValueError, match="scope='neck' is not allowed"):
+        _build(digit_coco_root, 'neck')
+    cfg = gplq_det_cfg(digit_coco_root, '/tmp/unused', None)
+    arch = copy.deepcopy(cfg.model.architecture)
+    arch.update(type='RetinaNet', rpn_head=None, roi_head=None,
+                bbox_head=dict(type='RetinaHead', num_classes=10,
+                               in_channels=64, feat_channels=64,
+                               anchor_generator=dict(
+                                   type='AnchorGenerator', octave_base_scale=4,
+                                   scales_per_octave=3, ratios=[1.0],
+                                   strides=[8, 16, 32, 64, 128]),
+                               bbox_coder=dict(type='DeltaXYWHBBoxCoder')))
+    arch.pop('rpn_head')
+    arch.pop('roi_head')
+    arch.train_cfg = None
+    arch.test_cfg = None
+    with pytest.raises(TypeError, match='two-stage detector.*RetinaNet'):
+        with DefaultScope.overwrite_default_scope('mmdet'):
+            MODELS.build(dict(type='GPLQDetector', architecture=arch))
+
+
+def test_data_without_masks_fails_before_training(digit_coco_root,
+                                                   det_fp_checkpoint,
+                                                   tmp_path):
+    cfg = gplq_det_cfg(digit_coco_root, str(tmp_path), det_fp_checkpoint)
+    pipe = cfg.train_dataloader.dataset.pipeline
+    pipe[1] = dict(type='LoadAnnotations', with_bbox=True, with_mask=False)
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ValueError, match='no instance masks'):
+        runner.train()
+    assert runner.iter == 0
+
+
+@pytest.mark.parametrize('scope', ['backbone', 'full'])
+def test_gplq_run_and_reload_into_test(digit_coco_root, det_fp_checkpoint,
+                                       tmp_path, scope):
+    cfg = gplq_det_cfg(digit_coco_root, str(tmp_path), det_fp_checkpoint,
+                       scope=scope)
+    runner = Runner.from_cfg(cfg)
+    seen = {}
+    orig = runner.model.loss
+
+    def spy(inputs, data_samples):
+        # Stage 1: activations on, weights never fake-quantized.
+        qs = dict(iter_quantizers(runner.model.student))
+        seen['act'] = all(q.enabled for q in qs.values() if q.role == 'act')
+        seen['weight'] = any(q.enabled for q in qs.values()
+                             if q.role == 'weight')
+        return orig(inputs, data_samples)
+
+    runner.model.loss = spy
+    runner.train()
+    assert seen == {'act': True, 'weight': False}
+    assert runner.model.stage == 2
+    test_cfg = gplq_det_cfg(digit_coco_root, str(tmp_path / 't'), None,
+                            scope=scope)
+    test_cfg.load_from = str(tmp_path / 'gplq_w4a4.pth')
+    tester = Runner.from_cfg(test_cfg)
+    metrics = tester.test()
+    assert tester.model.stage == 2
+    assert {'coco/bbox_mAP', 'coco/segm_mAP'} <= set(metrics)
+    for (n, a), (_, b) in zip(runner.model.student.state_dict().items(),
+                              tester.model.student.state_dict().items()):
+        assert torch.equal(a, b), n

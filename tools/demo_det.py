@@ -1,0 +1,105 @@
+"""`make demo-det`: GPLQ W4A4 Mask R-CNN on real data through tools/train.py
+and tools/test.py.
+
+1. writes digit canvases as a COCO instance-segmentation set
+   (tools/make_digit_coco.py);
+2. trains a small float Swin Mask R-CNN on it;
+3. runs GPLQ W4A4 twice: scope 'backbone' and scope 'full';
+4. evaluates FP32, Stage 1 (W32A4) and W4A4 of both scopes with COCO box /
+   mask AP through tools/test.py; prints a table and writes
+   work_dirs/demo/det_results.json.
+
+Finished steps are reused (pass --force to redo everything).
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import shutil
+import sys
+
+from demo_cls import ROOT, run
+
+FP_CFG = 'configs/demo/mask-rcnn_swin-tiny_digits_fp.py'
+GPLQ_CFG = {
+    'backbone': 'configs/demo/gplq_mask-rcnn_swin-tiny_digits_w4a4.py',
+    'full': 'configs/demo/gplq_mask-rcnn_swin-tiny_digits_w4a4_full.py',
+}
+WORK = 'work_dirs/demo'
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--force', action='store_true', help='redo every step')
+    args = p.parse_args()
+    os.chdir(ROOT)
+    fp_dir = f'{WORK}/det_fp'
+    if args.force:
+        for d in [fp_dir] + [f'{WORK}/det_gplq_{s}' for s in GPLQ_CFG]:
+            shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(WORK, exist_ok=True)
+    if not osp.isfile('data/digit_coco/annotations/instances_val.json'):
+        sys.path.insert(0, osp.join(ROOT, 'tools'))
+        from make_digit_coco import make_digit_coco
+        print('==> dataset:', make_digit_coco('data/digit_coco'))
+    val = json.load(open('data/digit_coco/annotations/instances_val.json'))
+    fp_ckpt = f'{fp_dir}/epoch_24.pth'
+    cost = {}
+    if not osp.isfile(fp_ckpt):
+        cost['FP32 training'] = run('train FP32 Mask R-CNN', [
+            'tools/train.py', FP_CFG, '--work-dir', fp_dir])
+    evals = [('FP32', FP_CFG, fp_ckpt, None)]
+    for scope, cfg in GPLQ_CFG.items():
+        work = f'{WORK}/det_gplq_{scope}'
+        if not osp.isfile(f'{work}/gplq_w4a4.pth'):
+            cost[f'GPLQ {scope} (Stage 1 + 2)'] = run(
+                f'GPLQ W4A4, scope {scope}', [
+                    'tools/train.py', cfg, '--work-dir', work,
+                    '--cfg-options', f'model.checkpoint={fp_ckpt}'])
+        evals += [(f'Stage 1 (W32A4), {scope}', cfg, f'{work}/epoch_3.pth',
+                   scope),
+                  (f'W4A4 (GPLQ), {scope}', cfg, f'{work}/gplq_w4a4.pth',
+                   scope)]
+    rows = []
+    for i, (name, cfg, ckpt, scope) in enumerate(evals):
+        out = f'{WORK}/det_eval_{i}.json'
+        wall, rss = run(f'test {name}', [
+            'tools/test.py', cfg, ckpt, '--out', out, '--work-dir',
+            f'{WORK}/det_test_{i}'])
+        m = json.load(open(out))
+        rows.append(dict(model=name, scope=scope, bbox_mAP=m['coco/bbox_mAP'],
+                         segm_mAP=m['coco/segm_mAP'], test_s=wall,
+                         test_peak_rss_mb=rss))
+    print(f"\nGPLQ detection demo: digit canvases, val {len(val['images'])} "
+          f"images / {len(val['annotations'])} instances\n")
+    print('| model | box AP | mask AP |')
+    print('|---|---|---|')
+    for r in rows:
+        print(f"| {r['model']} | {100 * r['bbox_mAP']:.1f} | "
+              f"{100 * r['segm_mAP']:.1f} |")
+    stats = {}
+    for scope in GPLQ_CFG:
+        path = f'{WORK}/det_gplq_{scope}/gplq_stats.json'
+        if osp.isfile(path):
+            stats[scope] = json.load(open(path))
+    print('\n| step | wall time (s) | peak memory (MiB) |')
+    print('|---|---|---|')
+    for k, (wall, rss) in cost.items():
+        print(f'| {k} (whole process) | {wall:.1f} | {rss:.0f} |')
+    for scope, st in stats.items():
+        for k in ('calibration', 'stage1', 'stage2'):
+            if f'{k}_s' in st:
+                mem = st.get(f'{k}_peak_mem_mb')
+                print(f"| {scope}: {k} | {st[f'{k}_s']:.1f} | "
+                      f"{'' if mem is None else f'{mem:.0f}'} |")
+    with open(f'{WORK}/det_results.json', 'w') as f:
+        json.dump(dict(val_images=len(val['images']),
+                       val_instances=len(val['annotations']), rows=rows,
+                       processes={k: dict(wall_s=w, peak_rss_mb=m)
+                                  for k, (w, m) in cost.items()},
+                       gplq_stats=stats), f, indent=2)
+    print(f'\nwritten: {WORK}/det_results.json')
+
+
+if __name__ == '__main__':
+    main()
