@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gplq-env
 
-.PHONY: env test demo demo-det clean
+.PHONY: env test demo demo-det bench bench-speed clean
 
 $(STAMP): requirements.txt setup.py tools/setup_env.sh
 	VENV=$(VENV) bash tools/setup_env.sh
@@ -19,6 +19,13 @@ demo: $(STAMP)
 
 demo-det: $(STAMP)
 	$(PY) tools/demo_det.py
+
+bench-speed: $(STAMP)
+	$(PY) tools/bench_speed.py
+
+bench: $(STAMP)
+	$(PY) tools/benchmark.py --task cls
+	$(PY) tools/benchmark.py --task det
 
 clean:
 	rm -rf work_dirs

@@ -20,6 +20,7 @@ import sys
 import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(ROOT, 'tools'))
 FP_CFG = 'configs/demo/vit-tiny_digits_fp.py'
 GPLQ_CFG = 'configs/demo/gplq_vit-tiny_digits_w4a4.py'
 WORK = 'work_dirs/demo'
@@ -42,6 +43,19 @@ def top1(path):
         return json.load(f)['accuracy/top1']
 
 
+def fp_model(cost: dict) -> str:
+    """The digits dataset and the float ViT (made when missing)."""
+    os.makedirs(WORK, exist_ok=True)
+    if not osp.isfile('data/digits/meta/val.txt'):
+        from make_digits import make_digits
+        print('==> dataset:', make_digits('data/digits'))
+    fp_ckpt = f'{WORK}/fp/epoch_60.pth'
+    if not osp.isfile(fp_ckpt):
+        cost['FP32 training'] = run('train FP32 ViT', [
+            'tools/train.py', FP_CFG, '--work-dir', f'{WORK}/fp'])
+    return fp_ckpt
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--force', action='store_true', help='redo every step')
@@ -49,18 +63,10 @@ def main():
     os.chdir(ROOT)
     if args.force:
         shutil.rmtree(WORK, ignore_errors=True)
-    os.makedirs(WORK, exist_ok=True)
-    if not osp.isfile('data/digits/meta/val.txt'):
-        sys.path.insert(0, osp.join(ROOT, 'tools'))
-        from make_digits import make_digits
-        print('==> dataset:', make_digits('data/digits'))
-    n_val = sum(1 for _ in open('data/digits/meta/val.txt'))
-    fp_ckpt = f'{WORK}/fp/epoch_60.pth'
-    gplq_dir = f'{WORK}/gplq'
     cost = {}
-    if not osp.isfile(fp_ckpt):
-        cost['FP32 training'] = run('train FP32 ViT', [
-            'tools/train.py', FP_CFG, '--work-dir', f'{WORK}/fp'])
+    fp_ckpt = fp_model(cost)
+    n_val = sum(1 for _ in open('data/digits/meta/val.txt'))
+    gplq_dir = f'{WORK}/gplq'
     if not osp.isfile(f'{gplq_dir}/gplq_w4a4.pth'):
         cost['GPLQ (Stage 1 + 2)'] = run('GPLQ W4A4', [
             'tools/train.py', GPLQ_CFG, '--work-dir', gplq_dir,

@@ -28,26 +28,34 @@ GPLQ_CFG = {
 WORK = 'work_dirs/demo'
 
 
+FP_DIR = f'{WORK}/det_fp'
+
+
+def fp_model(cost: dict) -> str:
+    """The digit-canvas COCO set and the float detector (made when
+    missing)."""
+    os.makedirs(WORK, exist_ok=True)
+    if not osp.isfile('data/digit_coco/annotations/instances_val.json'):
+        from make_digit_coco import make_digit_coco
+        print('==> dataset:', make_digit_coco('data/digit_coco'))
+    fp_ckpt = f'{FP_DIR}/epoch_24.pth'
+    if not osp.isfile(fp_ckpt):
+        cost['FP32 training'] = run('train FP32 Mask R-CNN', [
+            'tools/train.py', FP_CFG, '--work-dir', FP_DIR])
+    return fp_ckpt
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--force', action='store_true', help='redo every step')
     args = p.parse_args()
     os.chdir(ROOT)
-    fp_dir = f'{WORK}/det_fp'
     if args.force:
-        for d in [fp_dir] + [f'{WORK}/det_gplq_{s}' for s in GPLQ_CFG]:
+        for d in [FP_DIR] + [f'{WORK}/det_gplq_{s}' for s in GPLQ_CFG]:
             shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(WORK, exist_ok=True)
-    if not osp.isfile('data/digit_coco/annotations/instances_val.json'):
-        sys.path.insert(0, osp.join(ROOT, 'tools'))
-        from make_digit_coco import make_digit_coco
-        print('==> dataset:', make_digit_coco('data/digit_coco'))
-    val = json.load(open('data/digit_coco/annotations/instances_val.json'))
-    fp_ckpt = f'{fp_dir}/epoch_24.pth'
     cost = {}
-    if not osp.isfile(fp_ckpt):
-        cost['FP32 training'] = run('train FP32 Mask R-CNN', [
-            'tools/train.py', FP_CFG, '--work-dir', fp_dir])
+    fp_ckpt = fp_model(cost)
+    val = json.load(open('data/digit_coco/annotations/instances_val.json'))
     evals = [('FP32', FP_CFG, fp_ckpt, None)]
     for scope, cfg in GPLQ_CFG.items():
         work = f'{WORK}/det_gplq_{scope}'

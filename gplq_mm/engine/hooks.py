@@ -114,9 +114,12 @@ class GPLQHook(Hook):
         model = _unwrap(runner.model)
         self._check_size(runner, 'calib_images', self.calib_images)
         self._check_size(runner, 'ptq_images', self.ptq_images)
-        if getattr(model, 'alpha', 0) > 0:
+        if getattr(model, 'alpha', 0) > 0 and model.recipe['train']:
             self._check_size(runner, 'pca_images', self.pca_images)
         model.check_data(next(self._batches(runner, 1)))
+        if not model.recipe['train']:
+            # A PTQ baseline: calibrate, then straight to Stage 2.
+            runner.train_loop.stop_training = True
         if model.stage == 0:
             t = time.time()
             n = model.calibrate(self._batches(runner, self.calib_images))
@@ -128,7 +131,8 @@ class GPLQHook(Hook):
         else:
             runner.logger.info(f'GPLQ: model loaded at stage {model.stage}; '
                                'calibration skipped')
-        if getattr(model, 'alpha', 0) > 0 and not bool(model.pca.fitted):
+        if (getattr(model, 'alpha', 0) > 0 and model.recipe['train']
+                and not bool(model.pca.fitted)):
             t = time.time()
             k = model.fit_pca(self._batches(runner, self.pca_images))
             ev = float(model.pca.explained[:k].sum())
@@ -163,7 +167,7 @@ class GPLQHook(Hook):
                           qwt_r2=r2)
         self._dump(runner)
         runner.logger.info(
-            f'GPLQ: Stage 2 (weight PTQ{" + QwT" if self.qwt else ""}) on '
+            f'GPLQ: Stage 2 (weight PTQ{" + QwT" if r2 else ""}) on '
             f'{self.ptq_images} images took {time.time() - t:.1f}s')
         runner.save_checkpoint(
             runner.work_dir, self.final_name, save_optimizer=False,

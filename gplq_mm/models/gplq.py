@@ -10,12 +10,38 @@ from mmengine.runner.checkpoint import _load_checkpoint
 
 from ..quant import (QuantConfig, calibration, convert, fit_qwt,
                      quantize_weights, qwt_blocks, set_quant_state)
+from ..quant.repq import ln_linear_pairs, reparameterize
 from .pca import PCAProjector
 
 __all__ = ['GPLQModel', 'GPLQClassifier']
 
-STAGES = {0: 'float', 1: 'W32A4 (Stage 1: activations quantized)',
-          2: 'W4A4 (Stage 2: weights quantized)'}
+STAGES = {0: 'float', 1: 'Stage 1 (activations quantized)',
+          2: 'Stage 2 (weights quantized too)'}
+
+# The method and its baselines, one config switch (``model.method``) apart.
+#   quant: QuantConfig defaults of the method (the config's quant_cfg wins)
+#   train: Stage 1 trains (QAT); False: PTQ, the train loop is skipped
+#   weights_in_stage1: weights fake-quantized while training (direct QAT)
+#   qwt: QwT compensation in Stage 2
+#   clip: per-channel weight clipping candidates (percentiles of |w|)
+#   reparam: RepQ-ViT reparameterization of post-LayerNorm activations
+METHODS = {
+    'gplq': dict(),
+    'gplq-no-qwt': dict(qwt=False),
+    'qat-w4a4': dict(quant=dict(weight_learnable=True),
+                     weights_in_stage1=True, qwt=False),
+    'minmax-ptq': dict(
+        quant=dict(act_granularity='tensor', attn_granularity='tensor',
+                   attn_init='minmax'),
+        train=False, qwt=False, clip=(1.0, )),
+    'repq-ptq': dict(
+        quant=dict(act_granularity='tensor', attn_granularity='tensor',
+                   softmax_grid='log2'),
+        train=False, qwt=False, reparam=True),
+}
+_METHOD_DEFAULTS = dict(quant={}, train=True, weights_in_stage1=False,
+                        qwt=True, clip=(0.999, 0.9999, 0.99999, 1.0),
+                        reparam=False)
 
 
 class GPLQModel(BaseModel):
@@ -29,6 +55,10 @@ class GPLQModel(BaseModel):
             GPLQ checkpoint. Defaults to None.
         quant_cfg (dict, optional): :class:`~gplq_mm.quant.QuantConfig`
             fields. Defaults to None (``default_scope`` of the subclass).
+        method (str): ``'gplq'`` or a baseline: ``'gplq-no-qwt'``,
+            ``'qat-w4a4'`` (1-epoch QAT, weights and activations together),
+            ``'minmax-ptq'``, ``'repq-ptq'`` (RepQ-ViT-style PTQ). Defaults to
+            ``'gplq'``.
         use_qwt (bool): Apply fitted QwT compensators. Defaults to True.
         data_preprocessor (dict, optional): Given to the host model when its
             config has none. Defaults to None.
@@ -43,6 +73,7 @@ class GPLQModel(BaseModel):
                  architecture: dict,
                  checkpoint: Optional[str] = None,
                  quant_cfg: Optional[dict] = None,
+                 method: str = 'gplq',
                  use_qwt: bool = True,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
@@ -63,8 +94,14 @@ class GPLQModel(BaseModel):
         object.__setattr__(self, '_teacher', teacher)
         self.data_preprocessor = self.student.data_preprocessor
         self.checkpoint = checkpoint
+        if method not in METHODS:
+            raise ValueError(f'{type(self).__name__}.method={method!r} is not '
+                             f'allowed: use one of {sorted(METHODS)}')
+        self.method = method
+        self.recipe = {**_METHOD_DEFAULTS, **METHODS[method]}
         self.quant_cfg = QuantConfig.from_any({
             **self.default_scope,
+            **self.recipe['quant'],
             **dict(quant_cfg or {})
         })
         convert(self.student, self.quant_cfg)
@@ -101,7 +138,9 @@ class GPLQModel(BaseModel):
 
     def apply_stage(self) -> None:
         stage = self.stage
-        set_quant_state(self.student, weight=stage >= 2, act=stage >= 1)
+        weight = stage >= 2 or (stage == 1
+                                and self.recipe['weights_in_stage1'])
+        set_quant_state(self.student, weight=weight, act=stage >= 1)
         for _, block in qwt_blocks(self.student, self.quant_cfg):
             if 'qwt' in block._modules:
                 block.qwt.enabled = self.use_qwt
@@ -145,12 +184,22 @@ class GPLQModel(BaseModel):
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[dict]) -> int:
-        """Initialize activation steps from ``batches``; enter Stage 1."""
+        """Initialize activation steps from ``batches``; enter Stage 1.
+
+        RepQ first reparameterizes post-LayerNorm activations on the same
+        batches; direct QAT also initializes the weight steps."""
         was_training = self.student.training
         self.student.eval()
+        batches = list(batches)
+        if self.recipe['reparam']:
+            pairs = ln_linear_pairs(qwt_blocks(self.student, self.quant_cfg))
+            reparameterize(pairs, lambda: [self._calib_forward(d)
+                                           for d in batches])
         with calibration(self.student, 'act') as qs:
             for data in batches:
                 self._calib_forward(data)
+        if self.recipe['weights_in_stage1']:
+            quantize_weights(self.student, self.recipe['clip'])
         self.student.train(was_training)
         self.set_stage(1)
         return len(qs)
@@ -166,14 +215,15 @@ class GPLQModel(BaseModel):
                                'quantizers calibrated)')
         was_training = self.student.training
         self.student.eval()
-        n = quantize_weights(self.student)
+        if not self.recipe['weights_in_stage1']:  # QAT learned its steps
+            n = quantize_weights(self.student, self.recipe['clip'])
+            if logger:
+                logger(f'weight PTQ: {n} layers quantized per output channel '
+                       f'at {self.quant_cfg.w_bits} bits')
         self.set_stage(2)
-        if logger:
-            logger(f'weight PTQ: {n} layers quantized per output channel '
-                   f'at {self.quant_cfg.w_bits} bits')
         r2 = {}
         blocks = qwt_blocks(self.student, self.quant_cfg)
-        if qwt and blocks:
+        if qwt and self.recipe['qwt'] and blocks:
             r2 = fit_qwt(
                 blocks, batches,
                 forward=lambda d: self.student.extract_feat(d['inputs']),

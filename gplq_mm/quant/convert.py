@@ -12,7 +12,7 @@ from . import functional as QF
 from .attention import find_adapter, refresh_attention_paths
 from .layers import QuantConv2d, QuantLinear, is_quant_layer, iter_quantizers
 from .qwt import attach_compensator, detach_compensator, is_block
-from .quantizer import FakeQuantizer, INIT_METHODS
+from .quantizer import GRIDS, INIT_METHODS, FakeQuantizer
 
 __all__ = ['QuantConfig', 'convert', 'revert', 'set_quant_state',
            'calibration', 'quantize_weights', 'qwt_blocks']
@@ -41,6 +41,8 @@ class QuantConfig:
             ``'percentile'``. Defaults to ``'minmax'``.
         attn_init (str): q, k, v. Defaults to ``'percentile'``.
         softmax_init (str): Softmax output. Defaults to ``'minmax'``.
+        softmax_grid (str): Softmax output grid, ``'uniform'`` or ``'log2'``.
+            Defaults to ``'uniform'``.
         percentile (tuple[float]): ``(low, high)`` for percentile init.
             Defaults to ``(0.01, 0.99)``.
         act_learnable (bool): LSQ-train activation steps. Defaults to True.
@@ -63,6 +65,7 @@ class QuantConfig:
     act_init: str = 'minmax'
     attn_init: str = 'percentile'
     softmax_init: str = 'minmax'
+    softmax_grid: str = 'uniform'
     percentile: Tuple[float, float] = (0.01, 0.99)
     act_learnable: bool = True
     weight_learnable: bool = False
@@ -87,7 +90,8 @@ class QuantConfig:
                            ('attn_granularity', ('head', 'tensor')),
                            ('act_init', INIT_METHODS),
                            ('attn_init', INIT_METHODS),
-                           ('softmax_init', INIT_METHODS)):
+                           ('softmax_init', INIT_METHODS),
+                           ('softmax_grid', GRIDS)):
             if getattr(self, f) not in allowed:
                 raise ValueError(f'QuantConfig.{f}={getattr(self, f)!r} is '
                                  f'not allowed: use one of {allowed}')
@@ -127,7 +131,8 @@ class QuantConfig:
                       learnable=self.act_learnable),
             softmax=dict(bits=attn_bits, signed=False, granularity=head,
                          init=self.softmax_init, percentile=self.percentile,
-                         learnable=self.act_learnable))
+                         learnable=self.act_learnable,
+                         grid=self.softmax_grid))
 
 
 def _prefixes(name: str) -> Iterator[str]:
@@ -251,7 +256,8 @@ def calibration(model: nn.Module, role: str = 'act'):
 
 @torch.no_grad()
 def quantize_weights(model: nn.Module,
-                     candidates=(0.999, 0.9999, 0.99999, 1.0)) -> int:
+                     candidates: Sequence[float] = (0.999, 0.9999, 0.99999,
+                                                    1.0)) -> int:
     """Set every weight quantizer's per-channel step by the L2 clipping
     search (:func:`~gplq_mm.quant.functional.search_weight_step`).
     Returns the number of layers."""

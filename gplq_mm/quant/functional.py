@@ -15,6 +15,7 @@ import torch
 
 __all__ = [
     'qrange', 'broadcast_shape', 'fake_quant', 'lsq_fake_quant',
+    'log2_fake_quant', 'lsq_linear',
     'lsq_grad_scale', 'minmax_step', 'percentile_step', 'search_weight_step'
 ]
 
@@ -135,6 +136,104 @@ def lsq_fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
     shape = broadcast_shape(x.dim(), axis, step.numel())
     g = lsq_grad_scale(x.numel() // step.numel(), qmax)
     return _LSQFakeQuant.apply(x, step, qmin, qmax, g, shape)
+
+
+class _Log2FakeQuant(torch.autograd.Function):
+    """Log2 grid, straight-through for x inside the grid; fixed step."""
+
+    @staticmethod
+    def forward(ctx, x, step, levels, shape):
+        s = step.to(x.dtype).view(shape)
+        k = torch.round(-torch.log2((x / s).clamp(min=1e-30)))
+        ctx.save_for_backward(x, step)
+        ctx.shape = shape
+        out = s * torch.exp2(-k.clamp(min=0))
+        return torch.where(k > levels - 2, torch.zeros_like(out), out)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, step = ctx.saved_tensors
+        inside = (x >= 0) & (x <= step.to(x.dtype).view(ctx.shape))
+        return grad_out * inside, None, None, None
+
+
+def log2_fake_quant(x: torch.Tensor, step: torch.Tensor, bits: int,
+                    axis: int = -1) -> torch.Tensor:
+    """Log2 fake quantization of non-negative ``x`` (softmax outputs).
+
+    The ``2^bits`` codes are ``s * 2^-k`` for ``k = 0 .. 2^bits - 2`` and
+    zero: ``x`` is rounded to the nearest power of two (in the log domain)
+    below ``s``, and values under ``s * 2^-(2^bits - 1.5)`` become 0.
+
+    Examples:
+        >>> log2_fake_quant(torch.tensor([1.0, 0.3, 0.2, 0.1]),
+        ...                 torch.tensor([1.0]), bits=2)  # codes 1, .5, .25, 0
+        tensor([1.0000, 0.2500, 0.2500, 0.0000])
+    """
+    shape = broadcast_shape(x.dim(), axis, step.numel())
+    return _Log2FakeQuant.apply(x, step, 2**bits, shape)
+
+
+class _LSQLinear(torch.autograd.Function):
+    """``linear(lsq_fake_quant(x), w, b)`` as one function.
+
+    Saved for backward: ``x``, ``step`` and ``weight`` (a Parameter, no new
+    memory). The quantized input that ``F.linear`` would keep, a second
+    activation-sized tensor per layer, is recomputed in backward from ``x``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, weight, bias, qmin, qmax, grad_scale, shape):
+        s = step.to(x.dtype).view(shape)
+        xq = torch.clamp(torch.round(x / s), qmin, qmax) * s
+        ctx.save_for_backward(x, step, weight)
+        ctx.qmin, ctx.qmax, ctx.grad_scale, ctx.shape = (qmin, qmax,
+                                                         grad_scale, shape)
+        ctx.has_bias = bias is not None
+        return torch.nn.functional.linear(xq, weight.to(x.dtype),
+                                          None if bias is None else
+                                          bias.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, step, weight = ctx.saved_tensors
+        qmin, qmax, shape = ctx.qmin, ctx.qmax, ctx.shape
+        v = x / step.to(x.dtype).view(shape)
+        r = torch.round(v)
+        low, high = v <= qmin, v >= qmax
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_w = grad_b = None
+        if ctx.needs_input_grad[2]:
+            xq = torch.clamp(r, qmin, qmax) * step.to(x.dtype).view(shape)
+            grad_w = (g2.T @ xq.reshape(-1, xq.shape[-1])).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            grad_b = g2.sum(0)
+        grad_xq = grad_out @ weight.to(grad_out.dtype)
+        grad_x = grad_xq.masked_fill(low | high, 0) if \
+            ctx.needs_input_grad[0] else None
+        grad_s = None
+        if ctx.needs_input_grad[1]:
+            ds = torch.where(low, float(qmin),
+                             torch.where(high, float(qmax), r - v))
+            ds = (ds * grad_xq).float()
+            if step.numel() == 1:
+                grad_s = ds.sum().reshape(step.shape)
+            else:
+                dims = [d for d in range(x.dim()) if shape[d] == 1]
+                grad_s = ds.sum(dim=dims).reshape(step.shape)
+            grad_s = (grad_s * ctx.grad_scale).to(step.dtype)
+        return grad_x, grad_s, grad_w, grad_b, None, None, None, None
+
+
+def lsq_linear(x: torch.Tensor, step: torch.Tensor, weight: torch.Tensor,
+               bias: Optional[torch.Tensor], qmin: int,
+               qmax: int) -> torch.Tensor:
+    """Fused ``F.linear(lsq_fake_quant(x, step, qmin, qmax), weight, bias)``
+    with the step along the last dim (per input feature or per tensor).
+    Same values and gradients, one activation-sized tensor less saved."""
+    shape = broadcast_shape(x.dim(), -1, step.numel())
+    g = lsq_grad_scale(x.numel() // step.numel(), qmax)
+    return _LSQLinear.apply(x, step, weight, bias, qmin, qmax, g, shape)
 
 
 def _reduce_dims(x: torch.Tensor, axis: Optional[int]) -> torch.Tensor:

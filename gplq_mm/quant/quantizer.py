@@ -11,6 +11,7 @@ from . import functional as QF
 __all__ = ['FakeQuantizer']
 
 GRANULARITIES = ('tensor', 'channel', 'token')
+GRIDS = ('uniform', 'log2')
 INIT_METHODS = ('minmax', 'percentile')
 
 
@@ -32,6 +33,9 @@ class FakeQuantizer(nn.Module):
         percentile (tuple): ``(low, high)`` for ``'percentile'``.
             Defaults to ``(0.01, 0.99)``.
         role (str): ``'act'`` or ``'weight'``; used by ``set_quant_state``.
+        grid (str): ``'uniform'`` (LSQ) or ``'log2'`` (unsigned, powers of two
+            below the step, fixed step; for softmax outputs).
+            Defaults to ``'uniform'``.
 
     State: ``step`` (Parameter, shape ``(num_channels,)`` or ``(1,)``) and
     ``initialized`` (bool buffer) are in the state_dict. A state_dict without
@@ -47,7 +51,8 @@ class FakeQuantizer(nn.Module):
                  learnable: bool = True,
                  init: str = 'minmax',
                  percentile=(0.01, 0.99),
-                 role: str = 'act'):
+                 role: str = 'act',
+                 grid: str = 'uniform'):
         super().__init__()
         if not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ValueError(f'bits={bits!r} is not allowed: use an int in '
@@ -58,12 +63,18 @@ class FakeQuantizer(nn.Module):
         if init not in INIT_METHODS:
             raise ValueError(f'init={init!r} is not allowed: use one of '
                              f'{INIT_METHODS}')
+        if grid not in GRIDS:
+            raise ValueError(f'grid={grid!r} is not allowed: use one of '
+                             f'{GRIDS}')
+        if grid == 'log2':
+            signed, learnable = False, False
         if granularity == 'tensor':
             num_channels = 1
         self.bits, self.signed, self.granularity = bits, signed, granularity
         self.axis = axis if axis is not None else (
             -2 if granularity == 'token' else -1)
         self.init, self.percentile, self.role = init, tuple(percentile), role
+        self.grid = grid
         self.qmin, self.qmax = QF.qrange(bits, signed)
         self.step = nn.Parameter(
             torch.ones(num_channels), requires_grad=learnable)
@@ -77,6 +88,7 @@ class FakeQuantizer(nn.Module):
         return (f'bits={self.bits}, signed={self.signed}, '
                 f'granularity={self.granularity}, channels='
                 f'{self.step.numel()}, axis={self.axis}, role={self.role}, '
+                f'grid={self.grid}, '
                 f'enabled={self.enabled}')
 
     @property
@@ -94,6 +106,8 @@ class FakeQuantizer(nn.Module):
                 'A FakeQuantizer is enabled but not initialized: calibrate '
                 'it (gplq_mm.quant.calibrate) or load a checkpoint that '
                 f'holds its step ({self.extra_repr()}).')
+        if self.grid == 'log2':
+            return QF.log2_fake_quant(x, self.step, self.bits, self.axis)
         return QF.lsq_fake_quant(x, self.step, self.qmin, self.qmax,
                                  self.axis)
 
@@ -144,7 +158,9 @@ class FakeQuantizer(nn.Module):
                 lo, hi = lo / ws, hi / ws
         amax = torch.maximum(lo.abs(), hi.abs()) if self.signed else \
             hi.clamp(min=0)
-        self.set_step((amax / self.qmax).clamp(min=1e-8))
+        # The log2 grid's step is its largest value; uniform: amax / qmax.
+        div = 1 if self.grid == 'log2' else self.qmax
+        self.set_step((amax / div).clamp(min=1e-8))
 
     @torch.no_grad()
     def set_step(self, step: torch.Tensor) -> None:

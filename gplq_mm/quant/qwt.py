@@ -22,9 +22,16 @@ BLOCK_TYPES = (
 )
 
 
+def _qualname_in(mod: nn.Module, names) -> Optional[str]:
+    """The first ``module.qualname`` in ``mod``'s MRO found in ``names``."""
+    for c in type(mod).__mro__:
+        if f'{c.__module__}.{c.__qualname__}' in names:
+            return f'{c.__module__}.{c.__qualname__}'
+    return None
+
+
 def is_block(mod: nn.Module) -> bool:
-    return any(f'{c.__module__}.{c.__qualname__}' in BLOCK_TYPES
-               for c in type(mod).__mro__)
+    return _qualname_in(mod, BLOCK_TYPES) is not None
 
 
 class QwTCompensator(nn.Module):

@@ -181,3 +181,28 @@ def test_explicit_attention_path_matches_host(name):
                 assert m.fused_attn is False
         out = flat(q(x))
     assert torch.allclose(out, flat(model(x)), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_repq_reparameterization_keeps_float_output(name):
+    from gplq_mm.quant import qwt_blocks
+    from gplq_mm.quant.repq import ln_linear_pairs, reparameterize
+    model, blocks = build(name)
+    q = convert(copy.deepcopy(model), _cfg(blocks))
+    x = inputs(n=4)
+    pairs = ln_linear_pairs(qwt_blocks(q))
+    assert len(pairs) == 2 * len(qwt_blocks(q))
+    ln0 = pairs[0][0].weight.clone()
+    assert reparameterize(pairs, lambda: q(x)) == len(pairs)
+    assert not torch.equal(pairs[0][0].weight, ln0)
+    assert torch.allclose(flat(q(x)), flat(model(x)), atol=1e-4, rtol=1e-4)
+    # every reparameterized channel now spans the same symmetric range
+    seen = []
+    h = pairs[0][0].register_forward_hook(lambda m, a, o: seen.append(o))
+    q(x)
+    h.remove()
+    y = seen[0].reshape(-1, seen[0].shape[-1])
+    half = (y.amax(0) - y.amin(0)) / 2
+    centre = (y.amax(0) + y.amin(0)) / 2
+    assert torch.allclose(half, half.mean().expand_as(half), rtol=1e-3)
+    assert centre.abs().max() < 1e-3 * half.mean()

@@ -87,3 +87,30 @@ def test_weight_search_picks_lowest_error():
         err = (QF.fake_quant(w, s[:, None], -8, 7) - w).pow(2).sum(1)
         best = (QF.fake_quant(w, step[:, None], -8, 7) - w).pow(2).sum(1)
         assert (best <= err + 1e-6).all()
+
+
+@pytest.mark.parametrize('channels', [1, 12])
+def test_fused_lsq_linear_matches_reference(channels):
+    """Forward and backward (x, step, weight, bias) of the fused Stage-1
+    Linear equal fake-quant-then-linear; it saves one tensor less."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 12) * 3
+    s = torch.rand(channels) * 0.3 + 0.1
+    w, b = torch.randn(7, 12), torch.randn(7)
+    dy = torch.randn(2, 5, 7)
+    results = []
+    for fused in (True, False):
+        xx, ss, ww, bb = (t.clone().requires_grad_() for t in (x, s, w, b))
+        if fused:
+            out = QF.lsq_linear(xx, ss, ww, bb, -8, 7)
+            saved = out.grad_fn.saved_tensors
+            # x, step, weight: all aliases, no new tensor
+            assert [t.data_ptr() for t in saved] == \
+                [xx.data_ptr(), ss.data_ptr(), ww.data_ptr()]
+        else:
+            out = F.linear(QF.lsq_fake_quant(xx, ss, -8, 7), ww, bb)
+        (out * dy).sum().backward()
+        results.append([out.detach(), xx.grad, ss.grad, ww.grad, bb.grad])
+    for a, r in zip(*results):
+        assert torch.allclose(a, r, atol=1e-5, rtol=1e-5)

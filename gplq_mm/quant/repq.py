@@ -1,0 +1,87 @@
+"""RepQ-ViT-style scale reparameterization of post-LayerNorm activations.
+
+Per-channel ranges of a LayerNorm's output become one per-tensor range: with
+``m`` the per-channel centre and ``h`` the half-range, ``r = h / mean(h)``;
+the LayerNorm's affine absorbs ``(y - m) / r`` and the next Linear the
+inverse (``W' = W diag(r)``, ``b' = b + W m``), so the float function is
+unchanged and every channel of the new activation spans ``[-mean(h),
+mean(h)]``: a symmetric per-tensor quantizer then fits it as well as a
+per-channel one fitted the original.
+"""
+from typing import Callable, Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+
+from .qwt import _qualname_in
+
+__all__ = ['LN_LINEAR_PAIRS', 'ln_linear_pairs', 'reparameterize']
+
+# (LayerNorm, Linear reading its output) inside each supported block.
+LN_LINEAR_PAIRS: Dict[str, List[Tuple[str, str]]] = {
+    'mmpretrain.models.backbones.vision_transformer.TransformerEncoderLayer':
+    [('ln1', 'attn.qkv'), ('ln2', 'ffn.layers.0.0')],
+    'mmpretrain.models.backbones.swin_transformer.SwinBlock':
+    [('norm1', 'attn.w_msa.qkv'), ('norm2', 'ffn.layers.0.0')],
+    'mmdet.models.backbones.swin.SwinBlock':
+    [('norm1', 'attn.w_msa.qkv'), ('norm2', 'ffn.layers.0.0')],
+    'timm.models.vision_transformer.Block':
+    [('norm1', 'attn.qkv'), ('norm2', 'mlp.fc1')],
+    'timm.models.swin_transformer.SwinTransformerBlock':
+    [('norm1', 'attn.qkv'), ('norm2', 'mlp.fc1')],
+}
+
+
+def ln_linear_pairs(blocks) -> List[Tuple[nn.LayerNorm, nn.Linear]]:
+    pairs = []
+    for _, block in blocks:
+        key = _qualname_in(block, LN_LINEAR_PAIRS)
+        if key is None:
+            raise ValueError(f'no LayerNorm/Linear table for block '
+                             f'{type(block).__qualname__}')
+        for ln, lin in LN_LINEAR_PAIRS[key]:
+            pairs.append((block.get_submodule(ln), block.get_submodule(lin)))
+    return pairs
+
+
+@torch.no_grad()
+def reparameterize(pairs: List[Tuple[nn.LayerNorm, nn.Linear]],
+                   run_calibration: Callable[[], None]) -> int:
+    """Measure each LayerNorm's per-channel output range while
+    ``run_calibration`` runs the (float) model, then reparameterize.
+    Returns the number of pairs changed."""
+    stats, handles = {}, []
+    for ln, _ in pairs:
+
+        def hook(mod, args, out):
+            y = out.detach().reshape(-1, out.shape[-1]).float()
+            lo, hi = y.amin(0), y.amax(0)
+            if mod in stats:
+                lo = torch.minimum(lo, stats[mod][0])
+                hi = torch.maximum(hi, stats[mod][1])
+            stats[mod] = (lo, hi)
+
+        handles.append(ln.register_forward_hook(hook))
+    try:
+        run_calibration()
+    finally:
+        for h in handles:
+            h.remove()
+    n = 0
+    for ln, lin in pairs:
+        if ln not in stats or ln.weight is None:
+            continue
+        lo, hi = stats[ln]
+        m = (hi + lo) / 2
+        h = ((hi - lo) / 2).clamp(min=1e-6)
+        r = h / h.mean()
+        if lin.bias is None:
+            lin.bias = nn.Parameter(torch.zeros_like(lin.weight[:, 0]))
+        lin.bias.add_(lin.weight.float() @ m)
+        lin.weight.mul_(r[None, :].to(lin.weight.dtype))
+        ln.weight.div_(r.to(ln.weight.dtype))
+        if ln.bias is None:
+            ln.bias = nn.Parameter(torch.zeros_like(ln.weight))
+        ln.bias.sub_(m.to(ln.bias.dtype)).div_(r.to(ln.bias.dtype))
+        n += 1
+    return n
