@@ -127,7 +127,7 @@ class GPLQHook(Hook):
             runner.logger.info(
                 f'GPLQ: calibrated {n} activation quantizers on '
                 f'{self.calib_images} images in {time.time() - t:.1f}s; '
-                'Stage 1 (W32A4) starts')
+                'Stage 1 starts')
         else:
             runner.logger.info(f'GPLQ: model loaded at stage {model.stage}; '
                                'calibration skipped')

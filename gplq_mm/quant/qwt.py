@@ -187,13 +187,23 @@ class _Stop(Exception):
     pass
 
 
-def _capture(block: nn.Module, store: dict) -> Callable:
+def _block_io(block: nn.Module, forward: Callable, batch) -> tuple:
+    """``(input, output)`` of ``block`` when ``forward(batch)`` runs; the
+    forward stops right after the block."""
+    store = {}
 
     def hook(mod, args, output):
-        store['x'], store['y'] = args[0], output
+        store['io'] = (args[0], output)
         raise _Stop
 
-    return block.register_forward_hook(hook)
+    handle = block.register_forward_hook(hook)
+    try:
+        forward(batch)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return store['io']
 
 
 @torch.no_grad()
@@ -230,32 +240,18 @@ def fit_qwt(blocks: List[Tuple[str, nn.Module]],
         for i, (name, block) in enumerate(blocks):
             stats = None
             for batch in batches:
-                store = {}
                 for c in comps:
                     c.enabled = False
                 set_weight_quant(False)
-                handle = _capture(block, store)
-                try:
-                    forward(batch)
-                except _Stop:
-                    pass
-                finally:
-                    handle.remove()
-                y_ref = store['y']
+                _, y_ref = _block_io(block, forward, batch)  # W32A4
                 for j, c in enumerate(comps):
                     c.enabled = j < i
                 set_weight_quant(True)
-                handle = _capture(block, store)
-                try:
-                    forward(batch)
-                except _Stop:
-                    pass
-                finally:
-                    handle.remove()
+                x, y_q = _block_io(block, forward, batch)  # W4A4
                 if stats is None:
-                    stats = QwTStats(store['x'].shape[-1], y_ref.shape[-1],
+                    stats = QwTStats(x.shape[-1], y_ref.shape[-1],
                                      device=y_ref.device)
-                stats.update(store['x'], y_ref - store['y'])
+                stats.update(x, y_ref - y_q)
             stats.all_reduce()
             w, r2 = stats.solve(ridge)
             comp = block.qwt
