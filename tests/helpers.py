@@ -84,11 +84,13 @@ def det_fp_cfg(root, work_dir, train_images=8, max_epochs=1):
     return cfg
 
 
-def gplq_det_cfg(root, work_dir, checkpoint, scope='backbone', **kw):
+def gplq_det_cfg(root, work_dir, checkpoint, scope='backbone',
+                 quant_cfg=None, **kw):
     cfg = det_fp_cfg(root, work_dir, **kw)
     cfg.custom_imports = dict(imports=['gplq_mm'])
     cfg.model = dict(type='GPLQDetector', architecture=cfg.model,
-                     checkpoint=checkpoint, scope=scope)
+                     checkpoint=checkpoint, scope=scope,
+                     quant_cfg=quant_cfg)
     cfg.optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-4,
                                             weight_decay=0.0))
     cfg.custom_hooks = [dict(type='GPLQHook', calib_images=4,

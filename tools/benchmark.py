@@ -35,11 +35,15 @@ def main():
     p.add_argument('--methods', nargs='+', default=list(METHODS),
                    choices=METHODS)
     p.add_argument('--bits', nargs='+', type=int, default=[4, 3])
-    p.add_argument('--out', help='default: work_dirs/bench/<task>')
+    p.add_argument('--seed', type=int, default=None,
+                   help='randomness.seed of the quantization runs (data '
+                   'order, calibration batches)')
+    p.add_argument('--out', help='default: work_dirs/bench/<task>[_seedS]')
     args = p.parse_args()
     os.chdir(ROOT)
     task = TASKS[args.task]
-    out = args.out or f'work_dirs/bench/{args.task}'
+    out = args.out or f'work_dirs/bench/{args.task}' + (
+        '' if args.seed is None else f'_seed{args.seed}')
     os.makedirs(out, exist_ok=True)
     fp_ckpt = task['fp_model']({})
 
@@ -60,19 +64,23 @@ def main():
             opts = [f'model.method={train_method}',
                     f'model.quant_cfg.w_bits={bits}',
                     f'model.quant_cfg.a_bits={bits}']
+            seed = [] if args.seed is None else [
+                f'randomness.seed={args.seed}']
             key = f'{train_method}_{bits}'
             cost_path = f'{work}/bench_cost.json'
-            if not osp.isfile(f'{work}/gplq_w4a4.pth'):
+            if not osp.isfile(f'{work}/{train_method}_w{bits}a{bits}.pth'):
                 wall, rss = run(f'{method} W{bits}A{bits}', [
                     'tools/train.py', task['cfg'], '--work-dir', work,
-                    '--cfg-options', f'model.checkpoint={fp_ckpt}'] + opts)
+                    '--cfg-options', f'model.checkpoint={fp_ckpt}'] + opts +
+                    seed)
                 json.dump(dict(wall_s=wall, peak_rss_mb=rss),
                           open(cost_path, 'w'))
             cost = json.load(open(cost_path))
             test_opts = opts + (['model.use_qwt=False']
                                 if method == 'gplq-no-qwt' else [])
             metrics = evaluate(f'{method}_w{bits}a{bits}', task['cfg'],
-                               f'{work}/gplq_w4a4.pth', test_opts)
+                               f'{work}/{train_method}_w{bits}a{bits}.pth',
+                               test_opts)
             rows.append(dict(method=method, bits=bits, train_s=cost['wall_s'],
                              train_peak_rss_mb=cost['peak_rss_mb'],
                              **metrics))

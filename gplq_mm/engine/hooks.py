@@ -4,7 +4,7 @@ import math
 import os.path as osp
 import resource
 import time
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -45,7 +45,9 @@ class GPLQHook(Hook):
         qwt_ridge (float): Relative ridge term of the QwT solve.
             Defaults to 1e-4.
         weight_ptq (bool): Run Stage 2 after training. Defaults to True.
-        final_name (str): Defaults to ``'gplq_w4a4.pth'``.
+        final_name (str, optional): Name of the final checkpoint. Defaults to
+            None: ``<method>_w<w_bits>a<a_bits>.pth``, e.g.
+            ``gplq_w4a4.pth``.
     """
     priority = 'NORMAL'
 
@@ -56,7 +58,7 @@ class GPLQHook(Hook):
                  qwt: bool = True,
                  qwt_ridge: float = 1e-4,
                  weight_ptq: bool = True,
-                 final_name: str = 'gplq_w4a4.pth'):
+                 final_name: Optional[str] = None):
         for name, v in (('calib_images', calib_images),
                         ('pca_images', pca_images),
                         ('ptq_images', ptq_images)):
@@ -169,10 +171,13 @@ class GPLQHook(Hook):
         runner.logger.info(
             f'GPLQ: Stage 2 (weight PTQ{" + QwT" if r2 else ""}) on '
             f'{self.ptq_images} images took {time.time() - t:.1f}s')
+        qc = model.quant_cfg
+        name = self.final_name or \
+            f'{model.method}_w{qc.w_bits}a{qc.a_bits}.pth'
         runner.save_checkpoint(
-            runner.work_dir, self.final_name, save_optimizer=False,
+            runner.work_dir, name, save_optimizer=False,
             save_param_scheduler=False)
-        runner.logger.info(f'GPLQ: W4A4 checkpoint saved to '
-                           f'{runner.work_dir}/{self.final_name}')
+        runner.logger.info(f'GPLQ: final checkpoint saved to '
+                           f'{runner.work_dir}/{name}')
         if runner._val_loop is not None:
             runner.val_loop.run()

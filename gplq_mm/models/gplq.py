@@ -147,8 +147,11 @@ class GPLQModel(BaseModel):
 
     # -- weights ------------------------------------------------------------
     def init_weights(self) -> None:
-        """Load the FP32 checkpoint into the teacher and the student."""
-        super().init_weights()
+        """Load the FP32 checkpoint into the teacher and the student.
+
+        The host's own initialization (random, or an ImageNet-pretrained
+        backbone to download) is skipped: the strict load sets every
+        parameter and buffer."""
         if self.checkpoint is None:
             raise ValueError(
                 f'{type(self).__name__}.checkpoint is not set: GPLQ starts '

@@ -189,7 +189,7 @@ class _LSQLinear(torch.autograd.Function):
         ctx.save_for_backward(x, step, weight)
         ctx.qmin, ctx.qmax, ctx.grad_scale, ctx.shape = (qmin, qmax,
                                                          grad_scale, shape)
-        ctx.has_bias = bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return torch.nn.functional.linear(xq, weight.to(x.dtype),
                                           None if bias is None else
                                           bias.to(x.dtype))
@@ -201,14 +201,16 @@ class _LSQLinear(torch.autograd.Function):
         v = x / step.to(x.dtype).view(shape)
         r = torch.round(v)
         low, high = v <= qmin, v >= qmax
+        # Matmuls in grad_out's dtype: under autocast, the forward's.
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         grad_w = grad_b = None
         if ctx.needs_input_grad[2]:
             xq = torch.clamp(r, qmin, qmax) * step.to(x.dtype).view(shape)
-            grad_w = (g2.T @ xq.reshape(-1, xq.shape[-1])).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[3]:
-            grad_b = g2.sum(0)
-        grad_xq = grad_out @ weight.to(grad_out.dtype)
+            grad_w = (g2.T @ xq.reshape(-1, xq.shape[-1]).to(g2.dtype)).to(
+                weight.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
+            grad_b = g2.sum(0).to(ctx.bias_dtype)
+        grad_xq = (grad_out @ weight.to(grad_out.dtype)).to(x.dtype)
         grad_x = grad_xq.masked_fill(low | high, 0) if \
             ctx.needs_input_grad[0] else None
         grad_s = None

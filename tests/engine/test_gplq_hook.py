@@ -90,12 +90,17 @@ from mmengine.runner import Runner
 from mmengine.dist import all_gather_object, get_rank
 import gplq_mm
 from gplq_mm.engine import prepare_launch
-from tests.helpers import gplq_cfg
-cfg = gplq_cfg({data!r}, {work!r}, {ckpt!r}, train_images=64,
-               quant_cfg=dict(attn_init='minmax'))
+from tests.helpers import gplq_cfg, gplq_det_cfg
+if {task!r} == 'cls':
+    cfg = gplq_cfg({data!r}, {work!r}, {ckpt!r}, train_images=64,
+                   quant_cfg=dict(attn_init='minmax'))
+    cfg.custom_hooks[0].update(calib_images=32, pca_images=64, ptq_images=32)
+else:
+    cfg = gplq_det_cfg({data!r}, {work!r}, {ckpt!r}, scope='full',
+                       quant_cfg=dict(attn_init='minmax'))
+    cfg.custom_hooks[0].update(calib_images=8, ptq_images=8)
 cfg.train_dataloader.batch_size = {bs}
 cfg.optim_wrapper.optimizer.lr = 0.0  # compare the statistics, not Adam noise
-cfg.custom_hooks[0].update(calib_images=32, pca_images=64, ptq_images=32)
 cfg.launcher = {launcher!r}
 prepare_launch(cfg)
 runner = Runner.from_cfg(cfg)
@@ -115,13 +120,15 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _launch(tmp_path, name, digits_root, fp_checkpoint, nproc):
+def _launch(tmp_path, name, digits_root, fp_checkpoint, nproc, task='cls',
+            batch=16):
     work = str(tmp_path / name)
     os.makedirs(work)
     script = tmp_path / f'{name}.py'
     script.write_text(DIST_WORKER.format(
         root=ROOT, data=digits_root, work=work, ckpt=fp_checkpoint,
-        bs=16 // nproc, launcher='pytorch' if nproc > 1 else 'none'))
+        bs=batch // nproc, launcher='pytorch' if nproc > 1 else 'none',
+        task=task))
     cmd = [sys.executable, str(script)]
     if nproc > 1:
         cmd = [sys.executable, '-m', 'torch.distributed.run',
@@ -147,3 +154,17 @@ def test_two_processes_match_one(digits_root, fp_checkpoint, tmp_path):
            if r0[k] != pytest.approx(one[k], rel=1e-4, abs=1e-5)]
     assert not bad
     assert any('qwt' in k and v != 0 for k, v in one.items())
+
+
+def test_detector_two_processes_match_one(digit_coco_root, det_fp_checkpoint,
+                                          tmp_path):
+    """The same for Mask R-CNN, scope 'full' (calibration runs predict, so
+    RPN / RoI quantizers see the same proposals in both)."""
+    (one, ) = _launch(tmp_path, 'one', digit_coco_root, det_fp_checkpoint, 1,
+                      task='det', batch=4)
+    r0, r1 = _launch(tmp_path, 'two', digit_coco_root, det_fp_checkpoint, 2,
+                     task='det', batch=4)
+    assert r0 == r1
+    bad = [(k, r0[k], one[k]) for k in one
+           if r0[k] != pytest.approx(one[k], rel=1e-4, abs=1e-5)]
+    assert not bad

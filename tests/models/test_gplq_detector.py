@@ -115,3 +115,23 @@ def test_gplq_run_and_reload_into_test(digit_coco_root, det_fp_checkpoint,
     for (n, a), (_, b) in zip(runner.model.student.state_dict().items(),
                               tester.model.student.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_resume_continues_stage1(digit_coco_root, det_fp_checkpoint,
+                                 tmp_path):
+    cfg = gplq_det_cfg(digit_coco_root, str(tmp_path), det_fp_checkpoint,
+                       max_epochs=1)
+    cfg.custom_hooks[0]['weight_ptq'] = False
+    Runner.from_cfg(cfg).train()
+    cfg = gplq_det_cfg(digit_coco_root, str(tmp_path), det_fp_checkpoint,
+                       max_epochs=2)
+    cfg.custom_hooks[0]['weight_ptq'] = False
+    cfg.resume = True
+    resumed = Runner.from_cfg(cfg)
+    calls = []
+    resumed.model.calibrate = lambda *a: calls.append('calibrate')
+    resumed.train()
+    assert calls == [] and resumed.epoch == 2
+    assert resumed.model.stage == 1
+    state = torch.load(tmp_path / 'epoch_2.pth')['state_dict']
+    assert int(state['gplq_stage']) == 1

@@ -96,4 +96,4 @@ def test_ptq_methods_skip_training(digits_root, fp_checkpoint, tmp_path):
     runner = Runner.from_cfg(cfg)
     runner.train()
     assert runner.iter == 0 and runner.model.stage == 2
-    assert (tmp_path / 'gplq_w4a4.pth').exists()
+    assert (tmp_path / 'minmax-ptq_w4a4.pth').exists()

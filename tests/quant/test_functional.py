@@ -114,3 +114,23 @@ def test_fused_lsq_linear_matches_reference(channels):
         results.append([out.detach(), xx.grad, ss.grad, ww.grad, bb.grad])
     for a, r in zip(*results):
         assert torch.allclose(a, r, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_lsq_linear_under_bf16_autocast():
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    x = torch.randn(4, 12)
+    s = torch.rand(12) * 0.3 + 0.1
+    w, b = torch.randn(7, 12), torch.randn(7)
+    grads = []
+    for fused in (True, False):
+        xx, ss, ww, bb = (t.clone().requires_grad_() for t in (x, s, w, b))
+        with torch.autocast('cpu', torch.bfloat16):
+            out = QF.lsq_linear(xx, ss, ww, bb, -8, 7) if fused else \
+                F.linear(QF.lsq_fake_quant(xx, ss, -8, 7), ww, bb)
+        assert out.dtype == torch.bfloat16
+        out.float().sum().backward()
+        grads.append([xx.grad, ss.grad, ww.grad, bb.grad])
+    for a, r in zip(*grads):
+        assert a.dtype == r.dtype
+        assert torch.allclose(a, r, atol=5e-2, rtol=5e-2)
