@@ -8,7 +8,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401  registers GPLQ, allows mmengine checkpoints
-from gplq_mm.engine import prepare_launch
+from gplq_mm.engine import finish_launch, prepare_launch
 
 
 def parse_args():
@@ -47,6 +47,7 @@ def main():
     if args.out and runner.rank == 0:
         with open(args.out, 'w') as f:
             json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
+    finish_launch()
 
 
 if __name__ == '__main__':

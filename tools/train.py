@@ -8,7 +8,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401  registers GPLQ, allows mmengine checkpoints
-from gplq_mm.engine import prepare_launch
+from gplq_mm.engine import finish_launch, prepare_launch
 
 
 def parse_args():
@@ -50,6 +50,7 @@ def main():
     prepare_launch(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
+    finish_launch()
 
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
 from .checkpoint import allow_mmengine_checkpoints
 from .hooks import GPLQHook
-from .launch import prepare_launch
+from .launch import finish_launch, prepare_launch
 
-__all__ = ['GPLQHook', 'allow_mmengine_checkpoints', 'prepare_launch']
+__all__ = ['GPLQHook', 'allow_mmengine_checkpoints', 'prepare_launch',
+           'finish_launch']

@@ -4,7 +4,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ['prepare_launch']
+__all__ = ['prepare_launch', 'finish_launch']
 
 
 def prepare_launch(cfg) -> None:
@@ -26,3 +26,12 @@ def prepare_launch(cfg) -> None:
             type='MMDistributedDataParallel', device_ids=None,
             broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
+def finish_launch() -> None:
+    """Tear the process group down before exit: a gloo group left to the
+    interpreter's shutdown can abort the process ("terminate called without
+    an active exception") after the work is done."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -110,6 +110,9 @@ state = {{k: v.double().sum().item() for k, v in model.state_dict().items()}}
 states = all_gather_object(state)
 if get_rank() == 0:
     json.dump(states, open({work!r} + '/states.json', 'w'))
+if torch.distributed.is_initialized():
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 '''
 
 
