@@ -111,9 +111,19 @@ class GPLQModel(BaseModel):
             lambda mod, keys: mod.apply_stage())
         self.apply_stage()
 
-    # -- host checks, to be specialized ------------------------------------
+    # -- host checks and loss, to be specialized ----------------------------
     def _check_architecture(self, model: nn.Module) -> None:
         pass
+
+    def loss(self, inputs: torch.Tensor, data_samples) -> Dict:
+        raise NotImplementedError
+
+    def forward(self, inputs: torch.Tensor, data_samples=None,
+                mode: str = 'tensor'):
+        """``loss``: the GPLQ loss; ``predict`` / ``tensor``: the host's."""
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        return self.student(inputs, data_samples, mode=mode)
 
     # -- teacher / device ---------------------------------------------------
     @property
@@ -306,9 +316,3 @@ class GPLQClassifier(GPLQModel):
             f_s = self._pre_logits(self.student, feats)
             losses['loss_pca'] = self.alpha * self.pca(f_s, f_t)
         return losses
-
-    def forward(self, inputs: torch.Tensor, data_samples=None,
-                mode: str = 'tensor'):
-        if mode == 'loss':
-            return self.loss(inputs, data_samples)
-        return self.student(inputs, data_samples, mode=mode)

@@ -89,9 +89,3 @@ class GPLQDetector(GPLQModel):
             losses['loss_feat'] = self.feat_loss_weight * sum(
                 F.mse_loss(s, t) for s, t in zip(feats[0], f_t)) / len(f_t)
         return losses
-
-    def forward(self, inputs: torch.Tensor, data_samples=None,
-                mode: str = 'tensor'):
-        if mode == 'loss':
-            return self.loss(inputs, data_samples)
-        return self.student(inputs, data_samples, mode=mode)

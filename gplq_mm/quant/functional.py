@@ -91,30 +91,37 @@ class _LSQFakeQuant(torch.autograd.Function):
         ctx.save_for_backward(x, step)
         ctx.qmin, ctx.qmax, ctx.grad_scale, ctx.shape = (qmin, qmax,
                                                          grad_scale, shape)
-        return torch.clamp(torch.round(x / s), qmin, qmax) * s
+        return fake_quant(x, s, qmin, qmax)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, step = ctx.saved_tensors
-        qmin, qmax, shape = ctx.qmin, ctx.qmax, ctx.shape
-        v = x / step.to(x.dtype).view(shape)
-        low, high = v <= qmin, v >= qmax
-        grad_x = grad_out.masked_fill(low | high, 0) if \
-            ctx.needs_input_grad[0] else None
-        grad_step = None
-        if ctx.needs_input_grad[1]:
-            # d(out)/d(s): round(v) - v inside, qmin / qmax where clipped.
-            ds = torch.where(low, float(qmin),
-                             torch.where(high, float(qmax),
-                                         torch.round(v) - v))
-            ds = (ds * grad_out).float()
-            if step.numel() == 1:
-                grad_step = ds.sum().reshape(step.shape)
-            else:
-                dims = [d for d in range(x.dim()) if shape[d] == 1]
-                grad_step = ds.sum(dim=dims).reshape(step.shape)
-            grad_step = (grad_step * ctx.grad_scale).to(step.dtype)
-        return grad_x, grad_step, None, None, None, None
+        return _lsq_grads(ctx, x, step, grad_out) + (None, ) * 4
+
+
+def _lsq_grads(ctx, x: torch.Tensor, step: torch.Tensor,
+               grad_xq: torch.Tensor) -> tuple:
+    """LSQ gradients of ``x`` and ``step`` given the gradient of the
+    fake-quantized tensor (None where ``ctx`` needs none; inputs 0 and 1 of
+    the autograd function are ``x`` and ``step``)."""
+    qmin, qmax, shape = ctx.qmin, ctx.qmax, ctx.shape
+    v = x / step.to(x.dtype).view(shape)
+    low, high = v <= qmin, v >= qmax
+    grad_x = grad_xq.masked_fill(low | high, 0) if \
+        ctx.needs_input_grad[0] else None
+    grad_step = None
+    if ctx.needs_input_grad[1]:
+        # d(out)/d(s): round(v) - v inside, qmin / qmax where clipped.
+        ds = torch.where(low, float(qmin),
+                         torch.where(high, float(qmax), torch.round(v) - v))
+        ds = (ds * grad_xq).float()
+        if step.numel() == 1:
+            grad_step = ds.sum().reshape(step.shape)
+        else:
+            dims = [d for d in range(x.dim()) if shape[d] == 1]
+            grad_step = ds.sum(dim=dims).reshape(step.shape)
+        grad_step = (grad_step * ctx.grad_scale).to(step.dtype)
+    return grad_x, grad_step
 
 
 def lsq_fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
@@ -184,8 +191,7 @@ class _LSQLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, step, weight, bias, qmin, qmax, grad_scale, shape):
-        s = step.to(x.dtype).view(shape)
-        xq = torch.clamp(torch.round(x / s), qmin, qmax) * s
+        xq = fake_quant(x, step.to(x.dtype).view(shape), qmin, qmax)
         ctx.save_for_backward(x, step, weight)
         ctx.qmin, ctx.qmax, ctx.grad_scale, ctx.shape = (qmin, qmax,
                                                          grad_scale, shape)
@@ -197,34 +203,19 @@ class _LSQLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, step, weight = ctx.saved_tensors
-        qmin, qmax, shape = ctx.qmin, ctx.qmax, ctx.shape
-        v = x / step.to(x.dtype).view(shape)
-        r = torch.round(v)
-        low, high = v <= qmin, v >= qmax
         # Matmuls in grad_out's dtype: under autocast, the forward's.
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         grad_w = grad_b = None
         if ctx.needs_input_grad[2]:
-            xq = torch.clamp(r, qmin, qmax) * step.to(x.dtype).view(shape)
+            xq = fake_quant(x, step.to(x.dtype).view(ctx.shape), ctx.qmin,
+                            ctx.qmax)
             grad_w = (g2.T @ xq.reshape(-1, xq.shape[-1]).to(g2.dtype)).to(
                 weight.dtype)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
             grad_b = g2.sum(0).to(ctx.bias_dtype)
         grad_xq = (grad_out @ weight.to(grad_out.dtype)).to(x.dtype)
-        grad_x = grad_xq.masked_fill(low | high, 0) if \
-            ctx.needs_input_grad[0] else None
-        grad_s = None
-        if ctx.needs_input_grad[1]:
-            ds = torch.where(low, float(qmin),
-                             torch.where(high, float(qmax), r - v))
-            ds = (ds * grad_xq).float()
-            if step.numel() == 1:
-                grad_s = ds.sum().reshape(step.shape)
-            else:
-                dims = [d for d in range(x.dim()) if shape[d] == 1]
-                grad_s = ds.sum(dim=dims).reshape(step.shape)
-            grad_s = (grad_s * ctx.grad_scale).to(step.dtype)
-        return grad_x, grad_s, grad_w, grad_b, None, None, None, None
+        return _lsq_grads(ctx, x, step, grad_xq) + (grad_w, grad_b) + \
+            (None, ) * 4
 
 
 def lsq_linear(x: torch.Tensor, step: torch.Tensor, weight: torch.Tensor,

@@ -58,8 +58,7 @@ class QuantLinear(nn.Linear):
         for name, child in list(mod._modules.items()):
             if isinstance(child, FakeQuantizer):
                 del mod._modules[name]
-        for attr in ('_float_cls', 'num_heads'):
-            mod.__dict__.pop(attr, None)
+        mod.__dict__.pop('_float_cls', None)
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,6 +123,11 @@ class QuantQKV(QuantLinear):
                     _act_quantizer(attn_cfg, num_heads, -2))
         new.to(mod.weight.device)
         return new
+
+    def to_float(self) -> nn.Linear:
+        mod = super().to_float()
+        mod.__dict__.pop('num_heads', None)
+        return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)

@@ -138,7 +138,12 @@ def _launch(tmp_path, name, digits_root, fp_checkpoint, nproc, task='cls',
                f'--nproc_per_node={nproc}', f'--master_port={_free_port()}',
                str(script)]
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=600)
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, timeout=600,
+                          capture_output=True, text=True)
+    # On failure, show what the processes printed (the launcher alone only
+    # says that a child failed).
+    assert proc.returncode == 0, (
+        f'exit {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}')
     return json.load(open(osp.join(work, 'states.json')))
 
 
