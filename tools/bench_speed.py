@@ -6,10 +6,12 @@ float vs fake-quant eval throughput. Prints ms/iter, images/s, memory and the
 ratios to the float baselines, and the projected Stage-1 ImageNet epoch.
 
 Memory: peak CUDA memory on a GPU; on CPU, the bytes autograd saves for
-backward (activations, parameters excluded), a deterministic proxy.
+backward (activations and autocast's weight copies; parameters excluded), a
+deterministic proxy.
 
-    python tools/bench_speed.py                 # CPU: batch 4, 2 iterations
-    python tools/bench_speed.py --batch 128     # GPU defaults when CUDA exists
+    python tools/bench_speed.py              # CPU: batch 4, 3 iterations
+    python tools/bench_speed.py --compile    # on a GPU: batch 128, the
+                                             # issue's targets, compiled too
 """
 import argparse
 import json
@@ -23,6 +25,7 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, DefaultScope
 
 import gplq_mm  # noqa: F401
+from gplq_mm.models.compile import CompiledRegions
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MODEL_CFGS = {
@@ -37,12 +40,13 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def measure(fn, device, warmup, iters):
-    """(ms per call, memory in MiB) of ``fn``."""
+def measure(fn, device, warmup, iters, params=()):
+    """(ms per call, memory in MiB) of ``fn``; on CPU the memory is what
+    autograd saves for backward, less the storage of ``params``."""
     for _ in range(warmup):
         fn()
     _sync(device)
-    params = set()
+    params = {p.untyped_storage().data_ptr() for p in params}
     saved = {}
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
@@ -65,7 +69,9 @@ def measure(fn, device, warmup, iters):
     return ms, mem
 
 
-def bench_model(name, device, batch, warmup, iters, compile_):
+def bench_model(name, device, batch, warmup, iters, compile_cfg):
+    """Rows ``{label: (ms, MiB)}``; labels end in ``compiled`` for the
+    ``torch.compile`` variants (backbones compiled, the teacher's too)."""
     from mmpretrain.structures import DataSample
     cfg = Config.fromfile(osp.join(ROOT, MODEL_CFGS[name]))
     cfg.model.checkpoint = None
@@ -74,21 +80,35 @@ def bench_model(name, device, batch, warmup, iters, compile_):
         gplq = MODELS.build(cfg.model).to(device)
     gplq.student.load_state_dict(fp.state_dict())
     gplq.teacher.load_state_dict(fp.state_dict())
+    params = [*fp.parameters(), *gplq.parameters(),
+              *gplq.teacher.parameters()]
     x = torch.randn(batch, 3, 224, 224, device=device)
     samples = [DataSample().set_gt_label(i % 1000) for i in range(batch)]
     gplq.calibrate([dict(inputs=x)])
     gplq.fit_pca([dict(inputs=x)])
     autocasts = {'fp32': nullcontext,
                  'bf16': lambda: torch.autocast(device.type, torch.bfloat16)}
+    variants = {'': None}
+    if compile_cfg is not None:
+        variants[' compiled'] = compile_cfg
 
-    def train_step(model, opt, ac):
+    def float_ctx(comp):  # the float model compiled the same way as GPLQ
+        return (lambda: comp.active({'backbone': fp.backbone})) if comp \
+            else nullcontext
+
+    def train_step(loss_fn, opt, ac):
         def step():
             with ac():
-                loss = sum(model.loss(x, samples).values())
+                loss = sum(loss_fn().values())
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         return step
+
+    def timed(label, comp, fn):
+        rows[label] = measure(fn, device, warmup, iters, params)
+        if comp is not None and comp.failed:
+            rows[label + ' (fell back to eager)'] = rows.pop(label)
 
     rows = {}
     fp.train()
@@ -96,26 +116,21 @@ def bench_model(name, device, batch, warmup, iters, compile_):
     opt_fp = torch.optim.AdamW(fp.parameters(), lr=0)
     opt_q = torch.optim.AdamW(gplq.parameters(), lr=0)
     for prec, ac in autocasts.items():
-        rows[f'fine-tune {prec}'] = measure(train_step(fp, opt_fp, ac),
-                                            device, warmup, iters)
-        rows[f'GPLQ Stage 1 {prec}'] = measure(train_step(gplq, opt_q, ac),
-                                               device, warmup, iters)
-        if compile_:  # compile the backbones in place (Module.compile)
-            for name, mods in (('fine-tune', [fp.backbone]),
-                               ('GPLQ Stage 1', [gplq.student.backbone,
-                                                 gplq.teacher.backbone])):
-                for m in mods:
-                    m.compile()
-                model, opt = (fp, opt_fp) if name == 'fine-tune' else \
-                    (gplq, opt_q)
-                try:
-                    rows[f'{name} {prec} compiled'] = measure(
-                        train_step(model, opt, ac), device, warmup, iters)
-                except Exception as e:  # report and go on eagerly
-                    print(f'WARNING: torch.compile failed for {name} '
-                          f'{prec}: {type(e).__name__}: {str(e)[:200]}')
-                for m in mods:
-                    m._compiled_call_impl = None
+        for tag, ccfg in variants.items():
+            comp = CompiledRegions(ccfg) if ccfg is not None else None
+            ctx = float_ctx(comp)
+
+            def fp_loss():
+                with ctx():
+                    return fp.loss(x, samples)
+            timed(f'fine-tune {prec}{tag}', comp,
+                  train_step(fp_loss, opt_fp, ac))
+            gplq._compiler = CompiledRegions(ccfg) if ccfg is not None \
+                else None
+            timed(f'GPLQ Stage 1 {prec}{tag}', gplq._compiler,
+                  train_step(lambda: gplq(x, samples, mode='loss'), opt_q,
+                             ac))
+    gplq._compiler = None
     fp.eval()
     gplq.eval()
     n_ptq = 512 if device.type == 'cuda' else 2 * batch
@@ -126,10 +141,75 @@ def bench_model(name, device, batch, warmup, iters, compile_):
     rows['Stage 2 (weight PTQ + QwT)'] = ((time.perf_counter() - t) * 1000,
                                           float('nan'))
     with torch.no_grad():
-        rows['eval float'] = measure(lambda: fp(x), device, warmup, iters)
-        rows['eval W4A4 fake-quant'] = measure(lambda: gplq(x), device,
-                                               warmup, iters)
+        for tag, ccfg in variants.items():
+            comp = CompiledRegions(ccfg) if ccfg is not None else None
+            ctx = float_ctx(comp)
+
+            def fp_eval():
+                with ctx():
+                    return fp(x)
+            timed(f'eval float{tag}', comp, fp_eval)
+            gplq._compiler = CompiledRegions(ccfg) if ccfg is not None \
+                else None
+            timed(f'eval W4A4 fake-quant{tag}', gplq._compiler,
+                  lambda: gplq(x))
+    gplq._compiler = None
     return rows, n_ptq
+
+
+def _baseline(rows, label):
+    """The float row a row is compared with: the same precision and
+    compilation for training steps, float eval for eval."""
+    tag = ' compiled' if label.endswith('compiled') else ''
+    if label.startswith('eval'):
+        return rows.get('eval float' + tag)
+    prec = 'bf16' if 'bf16' in label else 'fp32'
+    return rows.get(f'fine-tune {prec}{tag}')
+
+
+def report(name, rows, n_ptq, batch, cuda):
+    """Print the table and the issue's targets; return the summary."""
+    mem_name = 'peak MiB' if cuda else 'saved-for-backward MiB'
+    print(f'\n{name}\n| step | ms/iter | images/s | {mem_name} | '
+          'time vs float | memory vs float |')
+    print('|---|---|---|---|---|---|')
+    for k, (ms, mem) in rows.items():
+        if k.startswith('Stage 2'):
+            print(f'| {k} | {ms:.0f} ms total ({n_ptq} images) | | | | |')
+            continue
+        base = _baseline(rows, k) or (float('nan'), ) * 2
+        ratio_m = f'{mem / base[1]:.2f}x' if base[1] == base[1] and \
+            base[1] > 0 and mem == mem and not k.startswith('eval') else ''
+        print(f'| {k} | {ms:.1f} | {batch * 1000 / ms:.1f} | '
+              f'{"" if mem != mem or k.startswith("eval") else f"{mem:.0f}"}'
+              f' | {ms / base[0]:.2f}x | {ratio_m} |')
+    summary = {}
+    s1 = [k for k in rows if k.startswith('GPLQ Stage 1 bf16')]
+    best = min(s1, key=lambda k: rows[k][0])
+    ft = 'fine-tune bf16 compiled' if 'fine-tune bf16 compiled' in rows \
+        else 'fine-tune bf16'
+    summary['stage1_time_vs_' + ft.replace(' ', '_')] = \
+        rows[best][0] / rows[ft][0]
+    summary['stage1_memory_vs_fine-tune_bf16'] = \
+        rows['GPLQ Stage 1 bf16'][1] / rows['fine-tune bf16'][1]
+    for tag in ('', ' compiled'):
+        if f'eval W4A4 fake-quant{tag}' in rows:
+            summary[f'eval_time_vs_float{tag.replace(" ", "_")}'] = \
+                rows[f'eval W4A4 fake-quant{tag}'][0] / \
+                rows[f'eval float{tag}'][0]
+    summary['projected_stage1_epoch_min'] = \
+        IMAGENET / batch * rows[best][0] / 1000 / 60
+    print(f'targets: {best} / {ft}: '
+          f'{summary["stage1_time_vs_" + ft.replace(" ", "_")]:.2f}x '
+          '(<= 1.5x); Stage 1 bf16 / fine-tune bf16 memory: '
+          f'{summary["stage1_memory_vs_fine-tune_bf16"]:.2f}x (<= 1.0x); '
+          + '; '.join(f'fake-quant / float eval{k[18:].replace("_", " ")}: {v:.2f}x'
+                      for k, v in summary.items() if k.startswith("eval"))
+          + ' (<= 1.3x); projected Stage-1 ImageNet epoch '
+          f'({best}, batch {batch}, this device): '
+          f'{summary["projected_stage1_epoch_min"]:.1f} min (< 10 on one '
+          'H100/H200)')
+    return summary
 
 
 def main():
@@ -138,49 +218,32 @@ def main():
     p.add_argument('--models', nargs='+', default=list(MODEL_CFGS),
                    choices=list(MODEL_CFGS))
     p.add_argument('--batch', type=int, default=128 if cuda else 4)
-    p.add_argument('--iters', type=int, default=20 if cuda else 2)
+    p.add_argument('--iters', type=int, default=20 if cuda else 3)
     p.add_argument('--warmup', type=int, default=5 if cuda else 1)
     p.add_argument('--compile', action='store_true',
-                   help='also time the compiled fine-tuning step')
+                   help='also time every step with the backbones compiled '
+                   '(float and GPLQ alike; model.compile_cfg)')
+    p.add_argument('--compile-mode', default=None,
+                   help='torch.compile mode, e.g. max-autotune')
     p.add_argument('--out', default='work_dirs/bench_speed.json')
     args = p.parse_args()
     device = torch.device('cuda' if cuda else 'cpu')
     dev_name = torch.cuda.get_device_name() if cuda else \
         f'CPU ({os.cpu_count()} cores)'
-    print(f'device: {dev_name}, batch {args.batch}, {args.iters} iterations')
+    print(f'device: {dev_name}, batch {args.batch}, {args.iters} iterations, '
+          f'torch {torch.__version__}')
+    compile_cfg = None
+    if args.compile:
+        compile_cfg = {'mode': args.compile_mode} if args.compile_mode \
+            else {}
     result = dict(device=dev_name, batch=args.batch, models={})
     for name in args.models:
         rows, n_ptq = bench_model(name, device, args.batch, args.warmup,
-                                  args.iters, args.compile)
-        result['models'][name] = {k: dict(ms=v[0], mem_mb=v[1])
-                                  for k, v in rows.items()}
-        mem_name = 'peak MiB' if cuda else 'saved-for-backward MiB'
-        print(f'\n{name}\n| step | ms/iter | images/s | {mem_name} | '
-              'time vs fine-tune | memory vs fine-tune |')
-        print('|---|---|---|---|---|---|')
-        for k, (ms, mem) in rows.items():
-            prec = 'bf16' if 'bf16' in k else 'fp32'
-            if 'compiled' in k:
-                prec += ' compiled'
-            base = rows.get(f'fine-tune {prec}', (float('nan'), ) * 2) \
-                if not k.startswith(('eval', 'Stage 2')) else \
-                rows['eval float']
-            ratio_t = '' if k.startswith('Stage 2') else f'{ms / base[0]:.2f}x'
-            ratio_m = '' if mem != mem or base[1] != base[1] or not base[1] \
-                else f'{mem / base[1]:.2f}x'
-            ips = '' if k.startswith('Stage 2') else \
-                f'{args.batch * 1000 / ms:.1f}'
-            shown = f'{ms:.0f} ms total ({n_ptq} images)' if \
-                k.startswith('Stage 2') else f'{ms:.1f}'
-            print(f'| {k} | {shown} | {ips} | '
-                  f'{"" if mem != mem else f"{mem:.0f}"} | {ratio_t} | '
-                  f'{ratio_m} |')
-        for prec in ('fp32', 'bf16'):
-            ms = rows[f'GPLQ Stage 1 {prec}'][0]
-            minutes = IMAGENET / args.batch * ms / 1000 / 60
-            print(f'projected Stage-1 ImageNet epoch ({prec}, batch '
-                  f'{args.batch}, this device): {minutes:.0f} min')
-            result['models'][name][f'projected_epoch_min_{prec}'] = minutes
+                                  args.iters, compile_cfg)
+        summary = report(name, rows, n_ptq, args.batch, cuda)
+        result['models'][name] = dict(
+            rows={k: dict(ms=v[0], mem_mb=v[1]) for k, v in rows.items()},
+            summary=summary)
     os.makedirs(osp.dirname(args.out) or '.', exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(result, f, indent=2)

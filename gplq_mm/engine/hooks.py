@@ -128,8 +128,9 @@ class GPLQHook(Hook):
             self.stats['calibration_s'] = time.time() - t
             runner.logger.info(
                 f'GPLQ: calibrated {n} activation quantizers on '
-                f'{self.calib_images} images in {time.time() - t:.1f}s; '
-                'Stage 1 starts')
+                f'{self.calib_images} images in {time.time() - t:.1f}s; ' +
+                ('Stage 1 starts' if model.recipe['train'] else
+                 f'{model.method} trains nothing: on to Stage 2'))
         else:
             runner.logger.info(f'GPLQ: model loaded at stage {model.stage}; '
                                'calibration skipped')

@@ -1,4 +1,5 @@
 """The GPLQ wrapper models: a converted student, a frozen FP teacher."""
+import contextlib
 import os.path as osp
 from typing import Callable, Dict, Iterable, List, Optional, Union
 
@@ -11,6 +12,7 @@ from mmengine.runner.checkpoint import _load_checkpoint
 from ..quant import (QuantConfig, calibration, convert, fit_qwt,
                      quantize_weights, qwt_blocks, set_quant_state)
 from ..quant.repq import ln_linear_pairs, reparameterize
+from .compile import CompiledRegions
 from .pca import PCAProjector
 
 __all__ = ['GPLQModel', 'GPLQClassifier']
@@ -60,6 +62,14 @@ class GPLQModel(BaseModel):
             ``'minmax-ptq'``, ``'repq-ptq'`` (RepQ-ViT-style PTQ). Defaults to
             ``'gplq'``.
         use_qwt (bool): Apply fitted QwT compensators. Defaults to True.
+        compile_cfg (bool | dict): ``torch.compile`` the student's and the
+            teacher's backbones in training and evaluation (calibration and
+            Stage 2 run eagerly): True, or a dict of ``torch.compile``
+            arguments (e.g. ``dict(mode='max-autotune')``). A failure, in
+            forward or in the backward probed on the first training step,
+            logs one warning and the model runs eagerly from then on. Input
+            sizes that change from batch to batch (detection) recompile.
+            Defaults to False.
         data_preprocessor (dict, optional): Given to the host model when its
             config has none. Defaults to None.
         init_cfg (dict, optional): Unused by GPLQ; kept for mmengine.
@@ -75,6 +85,7 @@ class GPLQModel(BaseModel):
                  quant_cfg: Optional[dict] = None,
                  method: str = 'gplq',
                  use_qwt: bool = True,
+                 compile_cfg: Union[bool, dict] = False,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
@@ -106,6 +117,8 @@ class GPLQModel(BaseModel):
         })
         convert(self.student, self.quant_cfg)
         self.use_qwt = use_qwt
+        self._compiler = CompiledRegions(compile_cfg) if compile_cfg else \
+            None
         self.register_buffer('gplq_stage', torch.zeros((), dtype=torch.long))
         self.register_load_state_dict_post_hook(
             lambda mod, keys: mod.apply_stage())
@@ -121,9 +134,18 @@ class GPLQModel(BaseModel):
     def forward(self, inputs: torch.Tensor, data_samples=None,
                 mode: str = 'tensor'):
         """``loss``: the GPLQ loss; ``predict`` / ``tensor``: the host's."""
-        if mode == 'loss':
-            return self.loss(inputs, data_samples)
-        return self.student(inputs, data_samples, mode=mode)
+        with self.compiled():
+            if mode == 'loss':
+                return self.loss(inputs, data_samples)
+            return self.student(inputs, data_samples, mode=mode)
+
+    def compiled(self):
+        """Context in which the backbones run compiled (``compile_cfg``)."""
+        if self._compiler is None:
+            return contextlib.nullcontext()
+        return self._compiler.active({
+            'student.backbone': self.student.backbone,
+            'teacher.backbone': self.teacher.backbone})
 
     # -- teacher / device ---------------------------------------------------
     @property

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import functional as QF
 from .layers import QuantLinear, QuantQKV, _act_quantizer
 from .quantizer import FakeQuantizer
 
@@ -52,9 +53,17 @@ class QuantSDPA(nn.Module):
             a ``functools.partial`` of mmpretrain's
             ``scaled_dot_product_attention_pyimpl`` (scale divides).
         p_quantizer (FakeQuantizer): Quantizer of the softmax output.
+        qkv (QuantQKV, optional): When given, its q / k / v quantizers act
+            here instead of at its output (it is told to defer them), so the
+            whole quantized attention can run as one
+            :func:`~gplq_mm.quant.functional.lsq_attention`, which saves no
+            N x N tensor and no quantized copy of q, k, v for backward. Held
+            by reference: the quantizers stay registered (and saved) under
+            ``qkv``.
     """
 
-    def __init__(self, float_fn: Callable, p_quantizer: FakeQuantizer):
+    def __init__(self, float_fn: Callable, p_quantizer: FakeQuantizer,
+                 qkv: Optional[QuantQKV] = None):
         super().__init__()
         self.float_fn = float_fn
         self.p_quantizer = p_quantizer
@@ -63,6 +72,9 @@ class QuantSDPA(nn.Module):
         self._divides = fn.__name__.endswith('_pyimpl')
         self._fixed_scale = float_fn.keywords.get('scale') if isinstance(
             float_fn, functools.partial) else None
+        self.__dict__['_qkv'] = qkv  # not a submodule
+        if qkv is not None:
+            qkv.defer_operands = True
 
     def _multiplier(self, q: torch.Tensor, scale: Optional[float]) -> float:
         scale = scale if scale is not None else self._fixed_scale
@@ -70,16 +82,39 @@ class QuantSDPA(nn.Module):
             return 1.0 / (scale or q.size(-1)**0.5)
         return scale if scale is not None else q.size(-1)**-0.5
 
+    def _fusable(self, ops, attn_mask, dropout_p, is_causal) -> bool:
+        """Whether :func:`QF.lsq_attention` computes this call: all four
+        quantizers training-ready, uniform, per head (head axis -2 of
+        ``(B, N, heads, d)`` for q / k / v, -3 of ``(B, heads, N, N)`` for
+        the softmax) or per tensor; no mask, no dropout."""
+        return (attn_mask is None and not is_causal and dropout_p == 0
+                and all(q.enabled and q._ready and not q.observing
+                        and q.grid == 'uniform'
+                        and (q.step.numel() == 1 or q.axis == axis)
+                        for q, axis in zip(ops + (self.p_quantizer, ),
+                                           (-2, -2, -2, -3))))
+
     def forward(self, q, k, v, attn_mask=None, dropout_p=0., scale=None,
                 is_causal=False):
-        if not _active(self.p_quantizer):
+        ops = () if self._qkv is None else (self._qkv.q_quantizer,
+                                             self._qkv.k_quantizer,
+                                             self._qkv.v_quantizer)
+        if not any(_active(o) for o in ops + (self.p_quantizer, )):
             kwargs = dict(attn_mask=attn_mask, dropout_p=dropout_p,
                           is_causal=is_causal)
             if scale is not None:
                 kwargs['scale'] = scale
             return self.float_fn(q, k, v, **kwargs)
-        # (B, heads, N, N)
-        attn = (q @ k.transpose(-2, -1)) * self._multiplier(q, scale)
+        mult = self._multiplier(q, scale)
+        if ops and self._fusable(ops, attn_mask, dropout_p, is_causal):
+            p = self.p_quantizer
+            return QF.lsq_attention(
+                q, k, v, [o.step for o in ops + (p, )],
+                (ops[0].qmin, ops[0].qmax), (p.qmin, p.qmax), mult)
+        # Per-head quantizers see (B, N, heads, d), as at the qkv output.
+        q, k, v = (o(x.transpose(1, 2)).transpose(1, 2)
+                   for o, x in zip(ops, (q, k, v))) if ops else (q, k, v)
+        attn = (q @ k.transpose(-2, -1)) * mult  # (B, heads, N, N)
         if is_causal:
             n, m = attn.shape[-2:]
             attn_mask = torch.ones(n, m, dtype=torch.bool,
@@ -151,8 +186,11 @@ def _adapt_mmpretrain_mha(attn: nn.Module, cfgs: dict) -> None:
     _quant_qkv(attn, cfgs)
     fn = attn.scaled_dot_product_attention
     if not isinstance(fn, QuantSDPA):
+        # v_shortcut adds v itself to the output: keep v quantized at the
+        # qkv output then, as the host sees it.
+        qkv = None if getattr(attn, 'v_shortcut', False) else attn.qkv
         attn.scaled_dot_product_attention = QuantSDPA(
-            fn, _p_quantizer(attn, cfgs))
+            fn, _p_quantizer(attn, cfgs), qkv)
 
 
 def _revert_mmpretrain_mha(attn: nn.Module) -> None:
@@ -160,6 +198,8 @@ def _revert_mmpretrain_mha(attn: nn.Module) -> None:
     if isinstance(fn, QuantSDPA):
         del attn.scaled_dot_product_attention
         attn.scaled_dot_product_attention = fn.float_fn
+        if fn._qkv is not None:
+            fn._qkv.defer_operands = False
 
 
 def _adapt_timm_attention(attn: nn.Module, cfgs: dict) -> None:

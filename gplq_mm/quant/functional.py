@@ -12,10 +12,11 @@ Conventions:
 from typing import Optional, Sequence, Tuple
 
 import torch
+import torch.utils.checkpoint
 
 __all__ = [
     'qrange', 'broadcast_shape', 'fake_quant', 'lsq_fake_quant',
-    'log2_fake_quant', 'lsq_linear',
+    'log2_fake_quant', 'lsq_linear', 'lsq_attention',
     'lsq_grad_scale', 'minmax_step', 'percentile_step', 'search_weight_step'
 ]
 
@@ -104,13 +105,17 @@ def _lsq_grads(ctx, x: torch.Tensor, step: torch.Tensor,
     """LSQ gradients of ``x`` and ``step`` given the gradient of the
     fake-quantized tensor (None where ``ctx`` needs none; inputs 0 and 1 of
     the autograd function are ``x`` and ``step``)."""
-    qmin, qmax, shape = ctx.qmin, ctx.qmax, ctx.shape
+    return _lsq_backward(x, step, grad_xq, ctx.qmin, ctx.qmax, ctx.shape,
+                         ctx.grad_scale, *ctx.needs_input_grad[:2])
+
+
+def _lsq_backward(x, step, grad_xq, qmin, qmax, shape, grad_scale, need_x,
+                  need_step) -> tuple:
     v = x / step.to(x.dtype).view(shape)
     low, high = v <= qmin, v >= qmax
-    grad_x = grad_xq.masked_fill(low | high, 0) if \
-        ctx.needs_input_grad[0] else None
+    grad_x = grad_xq.masked_fill(low | high, 0) if need_x else None
     grad_step = None
-    if ctx.needs_input_grad[1]:
+    if need_step:
         # d(out)/d(s): round(v) - v inside, qmin / qmax where clipped.
         ds = torch.where(low, float(qmin),
                          torch.where(high, float(qmax), torch.round(v) - v))
@@ -120,7 +125,7 @@ def _lsq_grads(ctx, x: torch.Tensor, step: torch.Tensor,
         else:
             dims = [d for d in range(x.dim()) if shape[d] == 1]
             grad_step = ds.sum(dim=dims).reshape(step.shape)
-        grad_step = (grad_step * ctx.grad_scale).to(step.dtype)
+        grad_step = (grad_step * grad_scale).to(step.dtype)
     return grad_x, grad_step
 
 
@@ -227,6 +232,116 @@ def lsq_linear(x: torch.Tensor, step: torch.Tensor, weight: torch.Tensor,
     shape = broadcast_shape(x.dim(), -1, step.numel())
     g = lsq_grad_scale(x.numel() // step.numel(), qmax)
     return _LSQLinear.apply(x, step, weight, bias, qmin, qmax, g, shape)
+
+
+class _LSQAttention(torch.autograd.Function):
+    """Quantized attention ``fq(softmax(fq(q) fq(k)^T * m)) @ fq(v)`` as one
+    function (every ``fq`` LSQ, per head or per tensor).
+
+    Saved for backward: q, k, v (views of the qkv projection's output) and
+    the four steps. Nothing of size N x N: the scores, the softmax and its
+    quantized copy are recomputed in backward (as flash attention does), under
+    the forward's autocast state, so they are the forward's values bit for
+    bit. The composed ops keep the fake-quantized q, k, v (another qkv-sized
+    tensor) and two N x N tensors per layer.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, sq, sk, sv, sp, qkv_range, p_range, mult):
+        ctx.save_for_backward(q, k, v, sq, sk, sv, sp)
+        ctx.qkv_range, ctx.p_range, ctx.mult = qkv_range, p_range, mult
+        dev = q.device.type
+        ctx.autocast = (dev, torch.get_autocast_dtype(dev),
+                        torch.is_autocast_enabled(dev))
+        return _attention_forward(q, k, v, (sq, sk, sv, sp), qkv_range,
+                                  p_range, mult)[-1]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, sq, sk, sv, sp = ctx.saved_tensors
+        dev, dtype, enabled = ctx.autocast
+        with torch.autocast(dev, dtype, enabled=enabled):
+            qq, kq, vq, scores, p, pq, out = _attention_forward(
+                q, k, v, (sq, sk, sv, sp), ctx.qkv_range, ctx.p_range,
+                ctx.mult)
+        need = ctx.needs_input_grad
+        # out = pq @ vq in out's dtype (autocast's choice in forward).
+        go = grad_out.to(out.dtype)
+        grad_vq = (pq.to(out.dtype).transpose(-2, -1) @ go).to(vq.dtype)
+        grad_pq = (go @ vq.to(out.dtype).transpose(-2, -1)).to(pq.dtype)
+        grad_p, grad_sp = _lsq_backward(p, sp, grad_pq, *ctx.p_range[:2],
+                                        _head_shape(sp), ctx.p_range[2],
+                                        True, need[6])
+        # softmax backward, in the softmax's dtype; scores = (qq kq^T) * m
+        grad_s = (p * (grad_p - (grad_p * p).sum(-1, keepdim=True))).to(
+            scores.dtype) * ctx.mult
+        grad_qq = (grad_s @ kq.to(scores.dtype)).to(qq.dtype)
+        grad_kq = (grad_s.transpose(-2, -1) @ qq.to(scores.dtype)).to(
+            kq.dtype)
+        grads = []
+        for x, s, g, i in ((q, sq, grad_qq, 0), (k, sk, grad_kq, 1),
+                           (v, sv, grad_vq, 2)):
+            grads.append(_lsq_backward(x, s, g, *ctx.qkv_range[:2],
+                                       _head_shape(s), ctx.qkv_range[2 + i],
+                                       need[i], need[3 + i]))
+        (gq, gsq), (gk, gsk), (gv, gsv) = grads
+        return gq, gk, gv, gsq, gsk, gsv, grad_sp, None, None, None
+
+
+def _head_shape(step: torch.Tensor) -> Tuple[int, ...]:
+    """Broadcast shape of a per-head (or per-tensor) step over
+    ``(B, heads, N, d)``."""
+    return broadcast_shape(4, 1, step.numel())
+
+
+def _attention_forward(q, k, v, steps, qkv_range, p_range, mult):
+    """(qq, kq, vq, scores, p, pq, out) of quantized attention; the same
+    ops as the composed path, so the values are the same."""
+    qq, kq, vq = (fake_quant(x, s.to(x.dtype).view(_head_shape(s)),
+                             *qkv_range[:2])
+                  for x, s in zip((q, k, v), steps))
+    scores = (qq @ kq.transpose(-2, -1)) * mult
+    p = scores.softmax(dim=-1)
+    sp = steps[3]
+    pq = fake_quant(p, sp.to(p.dtype).view(_head_shape(sp)), *p_range[:2])
+    return qq, kq, vq, scores, p, pq, pq @ vq
+
+
+def _composed_attention(q, k, v, sq, sk, sv, sp, qkv_range, p_range, mult):
+    """:func:`lsq_attention` from composed LSQ ops (per-head steps on axis
+    1 of ``(B, heads, N, d)``)."""
+    qq, kq, vq = (lsq_fake_quant(x, s, *qkv_range, axis=1)
+                  for x, s in zip((q, k, v), (sq, sk, sv)))
+    p = ((qq @ kq.transpose(-2, -1)) * mult).softmax(dim=-1)
+    return lsq_fake_quant(p, sp, *p_range, axis=1) @ vq
+
+
+def lsq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  steps: Sequence[torch.Tensor], qkv_range: Tuple[int, int],
+                  p_range: Tuple[int, int], mult: float) -> torch.Tensor:
+    """Quantized attention with LSQ gradients, nothing N x N saved.
+
+    Same values and gradients as quantizing ``q, k, v`` (``(B, heads, N,
+    d)``) with :func:`lsq_fake_quant`, then ``softmax(q k^T * mult)``,
+    quantizing it, and multiplying by ``v``. ``steps`` are the q, k, v and
+    softmax-output steps, each with one entry per head or one in all.
+    """
+    if q.dim() != 4:
+        raise ValueError(f'lsq_attention takes (B, heads, N, d) tensors, '
+                         f'got q of shape {tuple(q.shape)}')
+    if torch.compiler.is_compiling():
+        # Traced, the function's recomputation would be merged with its
+        # forward and the N x N tensors saved; a checkpointed region is
+        # recomputed in backward by the compiler and fused there too.
+        return torch.utils.checkpoint.checkpoint(
+            _composed_attention, q, k, v, *steps, qkv_range=qkv_range,
+            p_range=p_range, mult=mult, use_reentrant=False)
+    gs = tuple(lsq_grad_scale(x.numel() // s.numel(), qkv_range[1])
+               for x, s in zip((q, k, v), steps[:3]))
+    n_p = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
+    gp = lsq_grad_scale(n_p // steps[3].numel(), p_range[1])
+    return _LSQAttention.apply(q, k, v, *steps, tuple(qkv_range) + gs,
+                               tuple(p_range) + (gp, ), float(mult))
 
 
 def _reduce_dims(x: torch.Tensor, axis: Optional[int]) -> torch.Tensor:

@@ -102,8 +102,11 @@ class QuantQKV(QuantLinear):
     matmuls.
 
     Output layout ``(..., 3 * heads * head_dim)``, ``[q | k | v]``, as every
-    supported host uses.
+    supported host uses. ``defer_operands``: the three quantizers are applied
+    by the attention that consumes the output (see
+    :class:`~gplq_mm.quant.attention.QuantSDPA`), not here.
     """
+    defer_operands = False
 
     @classmethod
     def from_linear(cls, mod: nn.Linear, num_heads: int, act_cfg: dict,
@@ -127,12 +130,13 @@ class QuantQKV(QuantLinear):
     def to_float(self) -> nn.Linear:
         mod = super().to_float()
         mod.__dict__.pop('num_heads', None)
+        mod.__dict__.pop('defer_operands', None)
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
         qs = (self.q_quantizer, self.k_quantizer, self.v_quantizer)
-        if not any(q.enabled or q.observing for q in qs):
+        if self.defer_operands or not any(q.enabled or q.observing for q in qs):
             return out
         # (..., 3, heads, head_dim): one step per head for each of q, k, v.
         parts = out.unflatten(-1, (3, self.num_heads, -1)).unbind(-3)

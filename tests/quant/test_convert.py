@@ -206,3 +206,35 @@ def test_repq_reparameterization_keeps_float_output(name):
     centre = (y.amax(0) + y.amin(0)) / 2
     assert torch.allclose(half, half.mean().expand_as(half), rtol=1e-3)
     assert centre.abs().max() < 1e-3 * half.mean()
+
+
+@pytest.mark.parametrize('name', ['mmpretrain_vit', 'mmpretrain_deit'])
+def test_fused_attention_path_matches_composed(name, monkeypatch):
+    """mmpretrain attention in Stage 1 runs as one fused function (q, k, v
+    quantized inside it, nothing N x N saved); outputs and every gradient,
+    LSQ steps included, equal the composed path."""
+    from gplq_mm.quant import functional as QF
+    from gplq_mm.quant.attention import QuantSDPA
+    model, q, _ = _quantized(name)
+    set_quant_state(q, weight=False, act=True)
+    calls = []
+    real = QF.lsq_attention
+    monkeypatch.setattr(QF, 'lsq_attention',
+                        lambda *a: calls.append(1) or real(*a))
+    x = inputs()
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(QuantSDPA, '_fusable', lambda *a: False)
+        q.zero_grad()
+        out = flat(q(x))
+        (out * torch.linspace(-1, 1, out.numel())).sum().backward()
+        results.append([out.detach()] + [p.grad for p in q.parameters()
+                                         if p.requires_grad])
+    assert len(calls) == 2  # one per block, fused pass only
+    for a, r in zip(*results):
+        assert (a is None) == (r is None)
+        assert a is None or torch.allclose(a, r, atol=1e-5, rtol=1e-4)
+    steps = [m.step.grad for n, m in iter_quantizers(q)
+             if n.endswith(('q_quantizer', 'p_quantizer'))]
+    assert steps and all(g is not None and g.abs().sum() > 0 for g in steps)

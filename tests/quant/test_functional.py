@@ -134,3 +134,53 @@ def test_fused_lsq_linear_under_bf16_autocast():
     for a, r in zip(*grads):
         assert a.dtype == r.dtype
         assert torch.allclose(a, r, atol=5e-2, rtol=5e-2)
+
+
+def _composed_attention(q, k, v, steps, qkv_range, p_range, mult):
+    """Quantized attention from LSQ fake quantizers and plain ops (the
+    per-head steps sit on axis 1 of (B, heads, N, d))."""
+    qq, kq, vq = (QF.lsq_fake_quant(x, s, *qkv_range, axis=1)
+                  for x, s in zip((q, k, v), steps))
+    p = ((qq @ kq.transpose(-2, -1)) * mult).softmax(-1)
+    return QF.lsq_fake_quant(p, steps[3], *p_range, axis=1) @ vq
+
+
+@pytest.mark.parametrize('heads_steps', [True, False])
+@pytest.mark.parametrize('autocast', [False, True])
+def test_fused_attention_matches_composed(heads_steps, autocast):
+    """Forward and backward (q, k, v and the four LSQ steps) of the fused
+    quantized attention equal the composed ops: exactly in fp32, to bf16
+    rounding under bf16 autocast (same dtypes as the composed ops)."""
+    torch.manual_seed(0)
+    b, h, n, d = 2, 3, 7, 4
+    q, k, v = (torch.randn(b, h, n, d) * 2 for _ in range(3))
+    c = h if heads_steps else 1
+    steps = [torch.rand(c) * 0.3 + 0.1 for _ in range(3)] + \
+        [torch.rand(c) * 0.02 + 0.03]
+    dy = torch.randn(b, h, n, d)
+    results = []
+    for fn in (QF.lsq_attention, _composed_attention):
+        xs = [t.clone().requires_grad_() for t in (q, k, v)]
+        ss = [s.clone().requires_grad_() for s in steps]
+        with torch.autocast('cpu', torch.bfloat16, enabled=autocast):
+            out = fn(*xs, ss, (-8, 7), (0, 15), d**-0.5)
+        (out.float() * dy).sum().backward()
+        results.append([out] + [t.grad for t in xs + ss])
+    tol = dict(atol=5e-2, rtol=5e-2) if autocast else dict(atol=1e-6,
+                                                           rtol=1e-5)
+    for a, r in zip(*results):
+        assert a.dtype == r.dtype
+        assert torch.allclose(a.float(), r.float(), **tol)
+    assert results[0][4].abs().sum() > 0 and results[0][7].abs().sum() > 0
+
+
+def test_fused_attention_saves_nothing_n_by_n():
+    b, h, n, d = 1, 2, 16, 4
+    q, k, v = (torch.randn(b, h, n, d, requires_grad=True) for _ in range(3))
+    steps = [torch.full((h, ), 0.2, requires_grad=True) for _ in range(4)]
+    out = QF.lsq_attention(q, k, v, steps, (-8, 7), (0, 15), 0.5)
+    saved = out.grad_fn.saved_tensors
+    assert [t.data_ptr() for t in saved] == \
+        [t.data_ptr() for t in (q, k, v, *steps)]
+    with pytest.raises(ValueError, match=r'\(B, heads, N, d\)'):
+        QF.lsq_attention(q[0], k[0], v[0], steps, (-8, 7), (0, 15), 0.5)

@@ -1,0 +1,106 @@
+"""model.compile_cfg: compiled backbones match eager; failures fall back to
+eager with one warning."""
+import copy
+
+import pytest
+import torch
+
+from gplq_mm.models import compile as gplq_compile
+from tests.models.test_gplq_classifier import _batch, _build
+
+
+def _stage1(**kw):
+    torch.manual_seed(0)
+    model = _build(None, **kw)
+    model.teacher.load_state_dict(model.student.state_dict(), strict=False)
+    x, _ = _batch(8)
+    model.calibrate([dict(inputs=x)])
+    model.fit_pca([dict(inputs=torch.randn(64, 3, 16, 16))])
+    return model.train()
+
+
+def _loss_and_grads(model, x, samples):
+    model.zero_grad()
+    loss = sum(model(x, samples, mode='loss').values())
+    loss.backward()
+    return [loss.detach()] + [p.grad for p in model.parameters()
+                              if p.requires_grad]
+
+
+@pytest.fixture
+def warnings_seen(monkeypatch):
+    seen = []
+    monkeypatch.setattr(gplq_compile, 'print_log',
+                        lambda msg, **kw: seen.append(msg))
+    return seen
+
+
+def _compare(model, x, samples):
+    ref = copy.deepcopy(model)
+    ref._compiler = None
+    for _ in range(2):
+        got = _loss_and_grads(model, x, samples)
+        want = _loss_and_grads(ref, x, samples)
+        for a, b in zip(got, want):
+            assert (a is None) == (b is None)
+            assert a is None or torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        model.eval()
+        ref.eval()
+        assert torch.allclose(model(x), ref(x), atol=1e-5, rtol=1e-4)
+
+
+def test_compiled_backbones_match_eager(warnings_seen):
+    """aot_eager traces dynamo + AOT autograd through every quantizer and
+    fused function without running a C++ compiler."""
+    torch._dynamo.reset()
+    model = _stage1(compile_cfg=dict(backend='aot_eager'))
+    x, samples = _batch()
+    _compare(model, x, samples)
+    assert not model._compiler.failed and not warnings_seen
+    assert model._compiler._probed == {'student.backbone'}
+    # traced as one graph per backbone: no graph break (mmpretrain's numpy
+    # drop-path rates are made Python floats)
+    assert torch._dynamo.utils.counters['graph_break'] == {}
+    # nothing left on the modules, the state_dict is the eager one
+    for m in (model.student.backbone, model.teacher.backbone):
+        assert 'forward' not in m.__dict__
+    assert set(model.state_dict()) == set(_build(None).state_dict())
+
+
+def _failing_forward(gm, example_inputs):
+    raise RuntimeError('forward compiler broke')
+
+
+def _failing_backward():
+    from torch._dynamo.backends.common import aot_autograd
+    from functorch.compile import make_boxed_func
+
+    def bw(gm, example_inputs):
+        def run(*args):
+            raise RuntimeError('invalid gradient from the compiled backward')
+        return make_boxed_func(run)
+    return aot_autograd(fw_compiler=lambda gm, ex: make_boxed_func(
+        gm.forward), bw_compiler=bw)
+
+
+@pytest.mark.parametrize('where', ['forward', 'backward'])
+def test_compile_failure_falls_back_with_one_warning(where, warnings_seen):
+    torch._dynamo.reset()
+    backend = _failing_forward if where == 'forward' else _failing_backward()
+    model = _stage1(compile_cfg=dict(backend=backend))
+    x, samples = _batch()
+    _compare(model, x, samples)  # trains and evaluates eagerly
+    assert model._compiler.failed
+    assert len(warnings_seen) == 1
+    msg = warnings_seen[0]
+    assert 'student.backbone' in msg and 'eagerly' in msg
+    assert ('forward compiler broke' if where == 'forward' else
+            'invalid gradient') in msg
+    assert not any(p.grad is not None for p in model.teacher.parameters())
+
+
+def test_bad_compile_cfg():
+    with pytest.raises(TypeError, match='compile_cfg must be a bool or a '
+                       'dict'):
+        _build(None, compile_cfg='yes')
