@@ -20,8 +20,10 @@ demo: $(STAMP)
 demo-det: $(STAMP)
 	$(PY) tools/demo_det.py
 
+# On a GPU: make bench-speed BENCH_ARGS=--compile
+BENCH_ARGS ?=
 bench-speed: $(STAMP)
-	$(PY) tools/bench_speed.py
+	$(PY) tools/bench_speed.py $(BENCH_ARGS)
 
 bench: $(STAMP)
 	$(PY) tools/benchmark.py --task cls

@@ -10,7 +10,7 @@ warning and runs every region of the model eagerly from then on.
 """
 import contextlib
 import functools
-from typing import Dict, Union
+from typing import Callable, Dict, Union
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ class CompiledRegions:
                             f'torch.compile arguments, got {cfg!r}')
         self.kwargs = dict(cfg)
         self.failed = False
-        self._fns: Dict[type, callable] = {}
+        self._fns: Dict[type, Callable] = {}
         self._prepared, self._probed = set(), set()
 
     @contextlib.contextmanager

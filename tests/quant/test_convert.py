@@ -238,3 +238,38 @@ def test_fused_attention_path_matches_composed(name, monkeypatch):
     steps = [m.step.grad for n, m in iter_quantizers(q)
              if n.endswith(('q_quantizer', 'p_quantizer'))]
     assert steps and all(g is not None and g.abs().sum() > 0 for g in steps)
+
+
+@pytest.mark.parametrize('granularity', ['head', 'tensor'])
+def test_qkv_quantizers_in_one_call_match_three(granularity):
+    """QuantQKV quantizes q, k, v with one LSQ call in training: output and
+    gradients (weights, input, the three steps) equal three separate
+    quantizer calls on the unflattened output."""
+    torch.manual_seed(0)
+    heads, cfg = 2, dict(bits=4, granularity='channel' if granularity ==
+                         'head' else 'tensor')
+    qkv = QuantQKV.from_linear(nn.Linear(8, 24), heads, dict(bits=4),
+                               dict(bits=4), cfg)
+    for q in (qkv.q_quantizer, qkv.k_quantizer, qkv.v_quantizer):
+        q.set_step(torch.rand(q.step.numel()) * 0.2 + 0.05)
+        q.enabled = True
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    dy = torch.randn(3, 5, 24)
+    (qkv(x) * dy).sum().backward()
+    got = [x.grad.clone(), qkv.weight.grad.clone()] + [
+        q.step.grad.clone() for q in (qkv.q_quantizer, qkv.k_quantizer,
+                                      qkv.v_quantizer)]
+    x.grad = None
+    qkv.zero_grad()
+    out = nn.functional.linear(x, qkv.weight, qkv.bias)
+    parts = out.unflatten(-1, (3, heads, -1)).unbind(-3)
+    ref = torch.stack([q(p) for q, p in zip(
+        (qkv.q_quantizer, qkv.k_quantizer, qkv.v_quantizer), parts)], -3)
+    (ref.flatten(-3) * dy).sum().backward()
+    want = [x.grad, qkv.weight.grad] + [
+        q.step.grad for q in (qkv.q_quantizer, qkv.k_quantizer,
+                              qkv.v_quantizer)]
+    assert qkv.q_quantizer.step.numel() == (heads if granularity == 'head'
+                                            else 1)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
