@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import os.path as osp
+import statistics
 import time
 from contextlib import nullcontext
 
@@ -41,32 +42,34 @@ def _sync(device):
 
 
 def measure(fn, device, warmup, iters, params=()):
-    """(ms per call, memory in MiB) of ``fn``; on CPU the memory is what
-    autograd saves for backward, less the storage of ``params``."""
+    """(median ms per call, memory in MiB) of ``fn``. Memory: peak CUDA
+    memory over the timed calls; on CPU, what autograd saves for backward in
+    one extra, untimed call, less the storage of ``params``."""
     for _ in range(warmup):
         fn()
     _sync(device)
-    params = {p.untyped_storage().data_ptr() for p in params}
-    saved = {}
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for i in range(iters):
-        if device.type == 'cpu' and i == 0:
-            def pack(x):
-                st = x.untyped_storage()
-                if st.data_ptr() not in params:
-                    saved[st.data_ptr()] = st.nbytes()
-                return x
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-                fn()
-        else:
+    else:
+        params = {p.untyped_storage().data_ptr() for p in params}
+        saved = {}
+
+        def pack(x):
+            st = x.untyped_storage()
+            if st.data_ptr() not in params:
+                saved[st.data_ptr()] = st.nbytes()
+            return x
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
             fn()
-    _sync(device)
-    ms = (time.perf_counter() - t) / iters * 1000
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t) * 1000)
     mem = torch.cuda.max_memory_allocated() / 2**20 if device.type == \
         'cuda' else sum(saved.values()) / 2**20
-    return ms, mem
+    return statistics.median(times), mem
 
 
 def bench_model(name, device, batch, warmup, iters, compile_cfg,
