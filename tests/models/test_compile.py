@@ -104,3 +104,22 @@ def test_bad_compile_cfg():
     with pytest.raises(TypeError, match='compile_cfg must be a bool or a '
                        'dict'):
         _build(None, compile_cfg='yes')
+
+
+def test_compiled_detector_trains_through_the_runner(
+        digit_coco_root, det_fp_checkpoint, tmp_path, warnings_seen):
+    """compile_cfg in a config: the Runner trains a Mask R-CNN with its
+    backbones compiled (input sizes vary: recompiles, no failure), then
+    Stage 2 and validation run as usual."""
+    from mmengine.runner import Runner
+    from tests.helpers import gplq_det_cfg
+    torch._dynamo.reset()
+    cfg = gplq_det_cfg(digit_coco_root, str(tmp_path), det_fp_checkpoint)
+    cfg.model.compile_cfg = dict(backend='aot_eager')
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    comp = runner.model._compiler
+    assert not comp.failed and not warnings_seen
+    assert comp._probed == {'student.backbone'}
+    assert runner.model.stage == 2
+    assert (tmp_path / 'gplq_w4a4.pth').exists()
