@@ -123,11 +123,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
+# A gloo child now and then aborts with this C++ message mid-run (about one
+# full-suite run in 20, not reproduced in 15 direct runs); the work itself is
+# deterministic, so such a run is repeated once.
+GLOO_ABORT = 'terminate called without an active exception'
+
+
 def _launch(tmp_path, name, digits_root, fp_checkpoint, nproc, task='cls',
-            batch=16):
-    work = str(tmp_path / name)
+            batch=16, attempt=0):
+    work = str(tmp_path / f'{name}{attempt or ""}')
     os.makedirs(work)
-    script = tmp_path / f'{name}.py'
+    script = tmp_path / f'{name}{attempt or ""}.py'
     script.write_text(DIST_WORKER.format(
         root=ROOT, data=digits_root, work=work, ckpt=fp_checkpoint,
         bs=batch // nproc, launcher='pytorch' if nproc > 1 else 'none',
@@ -140,10 +146,15 @@ def _launch(tmp_path, name, digits_root, fp_checkpoint, nproc, task='cls',
     env = dict(os.environ, OMP_NUM_THREADS='1')
     proc = subprocess.run(cmd, env=env, cwd=ROOT, timeout=600,
                           capture_output=True, text=True)
+    if proc.returncode and GLOO_ABORT in proc.stderr and not attempt:
+        print(f'{name}: a gloo process aborted ({GLOO_ABORT!r}); once more')
+        return _launch(tmp_path, name, digits_root, fp_checkpoint, nproc,
+                       task, batch, attempt=1)
     # On failure, show what the processes printed (the launcher alone only
-    # says that a child failed).
+    # says that a child failed), stdout and stderr apart.
     assert proc.returncode == 0, (
-        f'exit {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}')
+        f'exit {proc.returncode}:\nstdout: {proc.stdout[-3000:]}\n'
+        f'stderr: {proc.stderr[-3000:]}')
     return json.load(open(osp.join(work, 'states.json')))
 
 
