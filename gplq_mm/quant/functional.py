@@ -265,26 +265,29 @@ class _LSQAttention(torch.autograd.Function):
                 q, k, v, (sq, sk, sv, sp), ctx.qkv_range, ctx.p_range,
                 ctx.mult)
         need = ctx.needs_input_grad
+
+        def lsq_grads(x, s, grad, qrange, need_x, need_s):
+            return _lsq_backward(
+                x, s, grad, *qrange, _head_shape(s),
+                lsq_grad_scale(x.numel() // s.numel(), qrange[1]), need_x,
+                need_s)
+
         # out = pq @ vq in out's dtype (autocast's choice in forward).
         go = grad_out.to(out.dtype)
         grad_vq = (pq.to(out.dtype).transpose(-2, -1) @ go).to(vq.dtype)
         grad_pq = (go @ vq.to(out.dtype).transpose(-2, -1)).to(pq.dtype)
-        grad_p, grad_sp = _lsq_backward(p, sp, grad_pq, *ctx.p_range[:2],
-                                        _head_shape(sp), ctx.p_range[2],
-                                        True, need[6])
+        grad_p, grad_sp = lsq_grads(p, sp, grad_pq, ctx.p_range, True,
+                                    need[6])
         # softmax backward, in the softmax's dtype; scores = (qq kq^T) * m
         grad_s = (p * (grad_p - (grad_p * p).sum(-1, keepdim=True))).to(
             scores.dtype) * ctx.mult
         grad_qq = (grad_s @ kq.to(scores.dtype)).to(qq.dtype)
         grad_kq = (grad_s.transpose(-2, -1) @ qq.to(scores.dtype)).to(
             kq.dtype)
-        grads = []
-        for x, s, g, i in ((q, sq, grad_qq, 0), (k, sk, grad_kq, 1),
-                           (v, sv, grad_vq, 2)):
-            grads.append(_lsq_backward(x, s, g, *ctx.qkv_range[:2],
-                                       _head_shape(s), ctx.qkv_range[2 + i],
-                                       need[i], need[3 + i]))
-        (gq, gsq), (gk, gsk), (gv, gsv) = grads
+        (gq, gsq), (gk, gsk), (gv, gsv) = (
+            lsq_grads(x, s, g, ctx.qkv_range, need[i], need[3 + i])
+            for i, (x, s, g) in enumerate(((q, sq, grad_qq), (k, sk, grad_kq),
+                                           (v, sv, grad_vq))))
         return gq, gk, gv, gsq, gsk, gsv, grad_sp, None, None, None
 
 
@@ -294,26 +297,20 @@ def _head_shape(step: torch.Tensor) -> Tuple[int, ...]:
     return broadcast_shape(4, 1, step.numel())
 
 
-def _attention_forward(q, k, v, steps, qkv_range, p_range, mult):
-    """(qq, kq, vq, scores, p, pq, out) of quantized attention; the same
-    ops as the composed path, so the values are the same."""
-    qq, kq, vq = (fake_quant(x, s.to(x.dtype).view(_head_shape(s)),
-                             *qkv_range[:2])
-                  for x, s in zip((q, k, v), steps))
+def _attention_forward(q, k, v, steps, qkv_range, p_range, mult, lsq=False):
+    """(qq, kq, vq, scores, p, pq, out) of quantized attention, the
+    quantizers plain :func:`fake_quant` or, with ``lsq``,
+    :func:`lsq_fake_quant` (then differentiable by autograd)."""
+    def quant(x, s, qrange):
+        if lsq:
+            return lsq_fake_quant(x, s, *qrange, axis=1)
+        return fake_quant(x, s.to(x.dtype).view(_head_shape(s)), *qrange)
+
+    qq, kq, vq = (quant(x, s, qkv_range) for x, s in zip((q, k, v), steps))
     scores = (qq @ kq.transpose(-2, -1)) * mult
     p = scores.softmax(dim=-1)
-    sp = steps[3]
-    pq = fake_quant(p, sp.to(p.dtype).view(_head_shape(sp)), *p_range[:2])
+    pq = quant(p, steps[3], p_range)
     return qq, kq, vq, scores, p, pq, pq @ vq
-
-
-def _composed_attention(q, k, v, sq, sk, sv, sp, qkv_range, p_range, mult):
-    """:func:`lsq_attention` from composed LSQ ops (per-head steps on axis
-    1 of ``(B, heads, N, d)``)."""
-    qq, kq, vq = (lsq_fake_quant(x, s, *qkv_range, axis=1)
-                  for x, s in zip((q, k, v), (sq, sk, sv)))
-    p = ((qq @ kq.transpose(-2, -1)) * mult).softmax(dim=-1)
-    return lsq_fake_quant(p, sp, *p_range, axis=1) @ vq
 
 
 def lsq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -329,19 +326,17 @@ def lsq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if q.dim() != 4:
         raise ValueError(f'lsq_attention takes (B, heads, N, d) tensors, '
                          f'got q of shape {tuple(q.shape)}')
+    qkv_range, p_range, mult = tuple(qkv_range), tuple(p_range), float(mult)
     if torch.compiler.is_compiling():
         # Traced, the function's recomputation would be merged with its
         # forward and the N x N tensors saved; a checkpointed region is
         # recomputed in backward by the compiler and fused there too.
-        return torch.utils.checkpoint.checkpoint(
-            _composed_attention, q, k, v, *steps, qkv_range=qkv_range,
-            p_range=p_range, mult=mult, use_reentrant=False)
-    gs = tuple(lsq_grad_scale(x.numel() // s.numel(), qkv_range[1])
-               for x, s in zip((q, k, v), steps[:3]))
-    n_p = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
-    gp = lsq_grad_scale(n_p // steps[3].numel(), p_range[1])
-    return _LSQAttention.apply(q, k, v, *steps, tuple(qkv_range) + gs,
-                               tuple(p_range) + (gp, ), float(mult))
+        def composed(*tensors):
+            return _attention_forward(*tensors[:3], tensors[3:], qkv_range,
+                                      p_range, mult, lsq=True)[-1]
+        return torch.utils.checkpoint.checkpoint(composed, q, k, v, *steps,
+                                                 use_reentrant=False)
+    return _LSQAttention.apply(q, k, v, *steps, qkv_range, p_range, mult)
 
 
 def _reduce_dims(x: torch.Tensor, axis: Optional[int]) -> torch.Tensor:
