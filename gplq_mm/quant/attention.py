@@ -84,12 +84,11 @@ class QuantSDPA(nn.Module):
 
     def _fusable(self, ops, attn_mask, dropout_p, is_causal) -> bool:
         """Whether :func:`QF.lsq_attention` computes this call: all four
-        quantizers training-ready, uniform, per head (head axis -2 of
+        quantizers ``fusable``, per head (head axis -2 of
         ``(B, N, heads, d)`` for q / k / v, -3 of ``(B, heads, N, N)`` for
         the softmax) or per tensor; no mask, no dropout."""
         return (attn_mask is None and not is_causal and dropout_p == 0
-                and all(q.enabled and q._ready and not q.observing
-                        and q.grid == 'uniform'
+                and all(q.fusable
                         and (q.step.numel() == 1 or q.axis == axis)
                         for q, axis in zip(ops + (self.p_quantizer, ),
                                            (-2, -2, -2, -3))))

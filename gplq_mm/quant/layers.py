@@ -63,8 +63,7 @@ class QuantLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         iq = self.input_quantizer
-        if (iq.enabled and iq._ready and not iq.observing
-                and iq.grid == 'uniform' and iq.axis in (-1, x.dim() - 1)
+        if (iq.fusable and iq.axis in (-1, x.dim() - 1)
                 and not self.weight_quantizer.enabled):
             # Stage 1 (W32A4): the fused path saves one tensor less.
             return QF.lsq_linear(x, iq.step, self.weight, self.bias, iq.qmin,
@@ -138,8 +137,7 @@ class QuantQKV(QuantLinear):
         qs = (self.q_quantizer, self.k_quantizer, self.v_quantizer)
         if self.defer_operands or not any(q.enabled or q.observing for q in qs):
             return out
-        if all(q.enabled and q._ready and not q.observing
-               and q.grid == 'uniform' and q.bits == qs[0].bits
+        if all(q.fusable and q.bits == qs[0].bits
                and q.step.numel() == qs[0].step.numel() for q in qs):
             # One LSQ call over (..., 3 * groups, rest) with the three
             # quantizers' steps side by side: the same values and gradients

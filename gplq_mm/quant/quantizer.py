@@ -92,6 +92,13 @@ class FakeQuantizer(nn.Module):
                 f'enabled={self.enabled}')
 
     @property
+    def fusable(self) -> bool:
+        """Quantizing with a uniform LSQ grid now (enabled, initialized, not
+        observing): fused functions may take this quantizer's step."""
+        return (self.enabled and self._ready and not self.observing
+                and self.grid == 'uniform')
+
+    @property
     def _reduce_axis(self) -> Optional[int]:
         return None if self.step.numel() == 1 else self.axis
 
