@@ -97,9 +97,18 @@ def bench_model(name, device, batch, warmup, iters, compile_cfg,
     if compile_cfg is not None:
         variants[' compiled'] = compile_cfg
 
-    def float_ctx(comp):  # the float model compiled the same way as GPLQ
-        return (lambda: comp.active({'backbone': fp.backbone})) if comp \
-            else nullcontext
+    def compilers(ccfg):
+        """This variant's compiler of the float model; GPLQ's is set on it
+        (both None when eager)."""
+        gplq._compiler = CompiledRegions(ccfg) if ccfg is not None else None
+        return CompiledRegions(ccfg) if ccfg is not None else None
+
+    def on_float(comp, fn):  # the float backbone compiled as GPLQ's are
+        def call():
+            with (comp.active({'backbone': fp.backbone}) if comp else
+                  nullcontext()):
+                return fn()
+        return call
 
     def train_step(loss_fn, opt, ac):
         def step():
@@ -122,16 +131,9 @@ def bench_model(name, device, batch, warmup, iters, compile_cfg,
     opt_q = torch.optim.AdamW(gplq.parameters(), lr=0)
     for prec, ac in autocasts.items():
         for tag, ccfg in variants.items():
-            comp = CompiledRegions(ccfg) if ccfg is not None else None
-            ctx = float_ctx(comp)
-
-            def fp_loss():
-                with ctx():
-                    return fp.loss(x, samples)
-            timed(f'fine-tune {prec}{tag}', comp,
-                  train_step(fp_loss, opt_fp, ac))
-            gplq._compiler = CompiledRegions(ccfg) if ccfg is not None \
-                else None
+            fp_comp = compilers(ccfg)
+            timed(f'fine-tune {prec}{tag}', fp_comp, train_step(
+                on_float(fp_comp, lambda: fp.loss(x, samples)), opt_fp, ac))
             timed(f'GPLQ Stage 1 {prec}{tag}', gplq._compiler,
                   train_step(lambda: gplq(x, samples, mode='loss'), opt_q,
                              ac))
@@ -147,15 +149,9 @@ def bench_model(name, device, batch, warmup, iters, compile_cfg,
                                           float('nan'))
     with torch.no_grad():
         for tag, ccfg in variants.items():
-            comp = CompiledRegions(ccfg) if ccfg is not None else None
-            ctx = float_ctx(comp)
-
-            def fp_eval():
-                with ctx():
-                    return fp(x)
-            timed(f'eval float{tag}', comp, fp_eval)
-            gplq._compiler = CompiledRegions(ccfg) if ccfg is not None \
-                else None
+            fp_comp = compilers(ccfg)
+            timed(f'eval float{tag}', fp_comp, on_float(fp_comp,
+                                                        lambda: fp(x)))
             timed(f'eval W4A4 fake-quant{tag}', gplq._compiler,
                   lambda: gplq(x))
     gplq._compiler = None
