@@ -36,9 +36,15 @@ def mmdet_swin():
 
 def timm_vit():
     import timm
-    return timm.create_model(
+    model = timm.create_model(
         'vit_tiny_patch16_224', pretrained=False, img_size=32, patch_size=8,
-        embed_dim=32, depth=2, num_heads=2, num_classes=5), ['blocks']
+        embed_dim=32, depth=2, num_heads=2, num_classes=5)
+    # convert switches timm's fused SDPA path off (its explicit path has the
+    # softmax seam; revert restores the flag), and the two differ by
+    # rounding: the float reference takes the explicit path too.
+    for blk in model.blocks:
+        blk.attn.fused_attn = False
+    return model, ['blocks']
 
 
 def timm_swin():
@@ -73,3 +79,22 @@ def flat(out):
     if isinstance(out, torch.Tensor):
         return out.reshape(-1)
     return torch.cat([flat(o) for o in out])
+
+
+def quant_cfg(blocks):
+    """Convert config of a tiny backbone: its blocks and patch embedding."""
+    return dict(include=blocks + ['patch_embed'])
+
+
+def quantized(name):
+    """``(float, converted, blocks)``: the converted copy with calibrated
+    activations and weights (quantizers still off)."""
+    import copy
+
+    from gplq_mm.quant import calibration, convert, quantize_weights
+    model, blocks = build(name)
+    q = convert(copy.deepcopy(model), quant_cfg(blocks))
+    with calibration(q):
+        q(inputs(seed=2, n=4))
+    quantize_weights(q)
+    return model, q, blocks

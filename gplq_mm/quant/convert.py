@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 
 from . import functional as QF
-from .attention import find_adapter, refresh_attention_paths
+from .hosts import find_attention_seam, is_block
 from .layers import QuantConv2d, QuantLinear, is_quant_layer, iter_quantizers
-from .qwt import attach_compensator, detach_compensator, is_block
+from .qwt import attach_compensator, detach_compensator
 from .quantizer import GRIDS, INIT_METHODS, FakeQuantizer
 
 __all__ = ['QuantConfig', 'convert', 'revert', 'set_quant_state',
@@ -175,9 +175,9 @@ def convert(model: nn.Module,
     for name, mod in list(model.named_modules()):
         if (_in_scope(name, cfg) and not is_quant_layer(mod)
                 and not isinstance(mod, FakeQuantizer)):
-            adapter = find_adapter(mod)
-            if adapter not in (None, 'pass'):
-                adapter[0](mod, base)
+            seam = find_attention_seam(mod)
+            if seam is not None:
+                seam.adapt(mod, base)
     for name, parent in list(model.named_modules()):
         for cname, child in list(parent.named_children()):
             full = f'{name}.{cname}' if name else cname
@@ -210,9 +210,9 @@ def qwt_blocks(model: nn.Module, config=None):
 def revert(model: nn.Module) -> nn.Module:
     """Undo :func:`convert`: float module types, Parameters kept."""
     for mod in list(model.modules()):
-        adapter = find_adapter(mod) if not is_quant_layer(mod) else None
-        if adapter not in (None, 'pass'):
-            adapter[1](mod)
+        seam = find_attention_seam(mod) if not is_quant_layer(mod) else None
+        if seam is not None:
+            seam.revert(mod)
         detach_compensator(mod)
     for parent in list(model.modules()):
         for cname, child in list(parent.named_children()):
@@ -229,7 +229,6 @@ def set_quant_state(model: nn.Module,
         flag = weight if q.role == 'weight' else act
         if flag is not None:
             q.enabled = flag
-    refresh_attention_paths(model)
     return model
 
 
@@ -240,18 +239,15 @@ def calibration(model: nn.Module, role: str = 'act'):
     reduced over ranks. Quantizers of the other role keep their state."""
     qs = [q for _, q in iter_quantizers(model, role)]
     for q in qs:
-        q.observing, q._obs = True, None
-    refresh_attention_paths(model)
+        q.start_observing()
     try:
         yield qs
     except BaseException:
         for q in qs:
-            q.observing, q._obs = False, None
-        refresh_attention_paths(model)
+            q.stop_observing()
         raise
     for q in qs:
         q.finish_calibration()
-    refresh_attention_paths(model)
 
 
 @torch.no_grad()

@@ -1,91 +1,131 @@
 """Quantized Linear / Conv2d that subclass the float layers and reuse their
-Parameters, so the float state_dict keys stay valid."""
+Parameter objects, so the float state_dict keys stay valid and the optimizer
+of the float model trains the quantized one.
+
+Like torchao's ``FakeQuantizedLinear.from_linear`` / ``to_linear``: each
+wrapper runs its own ``__init__`` (on the meta device, so nothing is
+allocated twice), then takes the float layer's ``weight`` and ``bias``.
+Forward hooks or extra attributes set on the float layer are not carried
+over.
+"""
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import functional as QF
+from .fused import lsq_fake_quant, lsq_linear
 from .quantizer import FakeQuantizer
 
-__all__ = ['QuantLinear', 'QuantConv2d', 'QuantQKV']
+__all__ = ['QuantLinear', 'QuantConv2d', 'QuantQKV', 'act_quantizer',
+           'is_quant_layer', 'iter_quantizers']
 
 
-def _act_quantizer(cfg: dict, channels: int, axis: int) -> FakeQuantizer:
+def act_quantizer(cfg: dict, channels: int, axis: int,
+                  device=None) -> FakeQuantizer:
+    """An activation quantizer from a ``QuantConfig.quantizer_cfgs()``
+    entry; per-channel ones get ``channels`` steps along ``axis``."""
     cfg = dict(cfg)
     if cfg.get('granularity') == 'channel':
         cfg.update(num_channels=channels, axis=axis)
-    return FakeQuantizer(role='act', **cfg)
+    return FakeQuantizer(role='act', device=device, **cfg)
 
 
-def _weight_quantizer(cfg: dict, out_channels: int) -> FakeQuantizer:
-    return FakeQuantizer(
-        role='weight',
-        granularity='channel',
-        num_channels=out_channels,
-        axis=0,
-        **cfg)
+def _weight_quantizer(cfg: dict, out_channels: int,
+                      device=None) -> FakeQuantizer:
+    return FakeQuantizer(role='weight', granularity='channel',
+                         num_channels=out_channels, axis=0, device=device,
+                         **cfg)
 
 
-def _adopt(new: nn.Module, old: nn.Module) -> nn.Module:
-    """Make ``new`` share ``old``'s Parameters, buffers, hooks and flags."""
-    for k, v in old.__dict__.items():
-        if k not in ('_modules', '_parameters', '_buffers'):
-            new.__dict__[k] = v
-    new._parameters = old._parameters
-    new._buffers = old._buffers
-    new._modules = dict(old._modules)
+def _take_parameters(new: nn.Module, old: nn.Module) -> nn.Module:
+    """``new`` (built on the meta device) takes ``old``'s weight and bias
+    Parameter objects and its train / eval mode."""
+    new.weight = old.weight
+    new.bias = old.bias
+    new.train(old.training)
     return new
 
 
 class QuantLinear(nn.Linear):
     """``nn.Linear`` with an input quantizer (per input feature by default)
-    and a per-output-channel weight quantizer."""
+    and a per-output-channel weight quantizer.
+
+    Args:
+        in_features, out_features, bias: As ``nn.Linear``.
+        act_cfg (dict): Input quantizer config.
+        weight_cfg (dict): Weight quantizer config.
+        float_cls (type): The float class :meth:`to_float` returns.
+            Defaults to ``nn.Linear``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool,
+                 act_cfg: dict, weight_cfg: dict,
+                 float_cls: type = nn.Linear, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device=device,
+                         dtype=dtype)
+        qdev = None if device == 'meta' else device
+        self.float_cls = float_cls
+        self.input_quantizer = act_quantizer(act_cfg, in_features, -1, qdev)
+        self.weight_quantizer = _weight_quantizer(weight_cfg, out_features,
+                                                  qdev)
 
     @classmethod
-    def from_float(cls, mod: nn.Linear, act_cfg: dict,
-                   weight_cfg: dict) -> 'QuantLinear':
-        new = _adopt(cls.__new__(cls), mod)
-        new._float_cls = type(mod)
-        new.input_quantizer = _act_quantizer(act_cfg, mod.in_features, -1)
-        new.weight_quantizer = _weight_quantizer(weight_cfg, mod.out_features)
-        new.to(mod.weight.device)
-        return new
+    def from_float(cls, mod: nn.Linear, act_cfg: dict, weight_cfg: dict,
+                   **kwargs) -> 'QuantLinear':
+        new = cls(mod.in_features, mod.out_features, mod.bias is not None,
+                  act_cfg, weight_cfg, float_cls=type(mod), device='meta',
+                  **kwargs)
+        return _take_parameters(new, mod).to(mod.weight.device)
 
     def to_float(self) -> nn.Linear:
-        mod = _adopt(self._float_cls.__new__(self._float_cls), self)
-        for name, child in list(mod._modules.items()):
-            if isinstance(child, FakeQuantizer):
-                del mod._modules[name]
-        mod.__dict__.pop('_float_cls', None)
-        return mod
+        mod = self.float_cls(self.in_features, self.out_features,
+                             self.bias is not None, device='meta')
+        return _take_parameters(mod, self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         iq = self.input_quantizer
         if (iq.fusable and iq.axis in (-1, x.dim() - 1)
                 and not self.weight_quantizer.enabled):
             # Stage 1 (W32A4): the fused path saves one tensor less.
-            return QF.lsq_linear(x, iq.step, self.weight, self.bias, iq.qmin,
-                                 iq.qmax)
+            return lsq_linear(x, iq.step, self.weight, self.bias, iq.qmin,
+                              iq.qmax)
         return F.linear(iq(x), self.weight_quantizer(self.weight), self.bias)
 
 
 class QuantConv2d(nn.Conv2d):
     """``nn.Conv2d`` with an input quantizer (per input channel, axis 1, by
-    default) and a per-output-channel weight quantizer."""
+    default) and a per-output-channel weight quantizer. Arguments as
+    :class:`QuantLinear` after those of ``nn.Conv2d``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size,
+                 stride, padding, dilation, groups: int, bias: bool,
+                 padding_mode: str, act_cfg: dict, weight_cfg: dict,
+                 float_cls: type = nn.Conv2d, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         padding, dilation, groups, bias, padding_mode,
+                         device=device, dtype=dtype)
+        qdev = None if device == 'meta' else device
+        self.float_cls = float_cls
+        self.input_quantizer = act_quantizer(act_cfg, in_channels, 1, qdev)
+        self.weight_quantizer = _weight_quantizer(weight_cfg, out_channels,
+                                                  qdev)
+
+    def _conv_args(self) -> tuple:
+        return (self.in_channels, self.out_channels, self.kernel_size,
+                self.stride, self.padding, self.dilation, self.groups,
+                self.bias is not None, self.padding_mode)
 
     @classmethod
     def from_float(cls, mod: nn.Conv2d, act_cfg: dict,
                    weight_cfg: dict) -> 'QuantConv2d':
-        new = _adopt(cls.__new__(cls), mod)
-        new._float_cls = type(mod)
-        new.input_quantizer = _act_quantizer(act_cfg, mod.in_channels, 1)
-        new.weight_quantizer = _weight_quantizer(weight_cfg, mod.out_channels)
-        new.to(mod.weight.device)
-        return new
+        new = cls(*QuantConv2d._conv_args(mod), act_cfg, weight_cfg,
+                  float_cls=type(mod), device='meta')
+        return _take_parameters(new, mod).to(mod.weight.device)
 
-    to_float = QuantLinear.to_float
+    def to_float(self) -> nn.Conv2d:
+        return _take_parameters(
+            self.float_cls(*self._conv_args(), device='meta'), self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(
@@ -95,61 +135,61 @@ class QuantConv2d(nn.Conv2d):
 
 class QuantQKV(QuantLinear):
     """The fused qkv projection of an attention layer, with named per-head
-    quantizers on its three outputs: ``q_quantizer``, ``k_quantizer`` and
-    ``v_quantizer``. These are the matmul operands q, k and v: the hosts
-    only reshape the qkv output (and scale q by a constant) before the
-    matmuls.
+    quantizers for the matmul operands q, k and v (``q_quantizer``,
+    ``k_quantizer``, ``v_quantizer``): every supported host only reshapes
+    the qkv output (and scales q by a constant) before the matmuls.
 
     Output layout ``(..., 3 * heads * head_dim)``, ``[q | k | v]``, as every
-    supported host uses. ``defer_operands``: the three quantizers are applied
-    by the attention that consumes the output (see
-    :class:`~gplq_mm.quant.attention.QuantSDPA`), not here.
+    supported host uses.
+
+    Args:
+        num_heads (int): Heads of the attention.
+        attn_cfg (dict): q / k / v quantizer config.
+        deferred (bool): The attention that consumes the output applies the
+            q / k / v quantizers (see
+            :class:`~gplq_mm.quant.attention.QuantSDPA`), not this layer.
+            Set by the attention adapter at convert. Defaults to False.
+        **kwargs: See :class:`QuantLinear`.
     """
-    defer_operands = False
 
-    @classmethod
-    def from_linear(cls, mod: nn.Linear, num_heads: int, act_cfg: dict,
-                    weight_cfg: dict, attn_cfg: dict) -> 'QuantQKV':
-        if isinstance(mod, QuantLinear):
-            new = cls.__new__(cls)
-            _adopt(new, mod)
-        else:
-            new = cls.from_float(mod, act_cfg, weight_cfg)
-        if mod.out_features % (3 * num_heads):
+    def __init__(self, in_features: int, out_features: int, bias: bool,
+                 act_cfg: dict, weight_cfg: dict, num_heads: int,
+                 attn_cfg: dict, deferred: bool = False, **kwargs):
+        if out_features % (3 * num_heads):
             raise ValueError(
-                f'qkv out_features={mod.out_features} is not a multiple of '
+                f'qkv out_features={out_features} is not a multiple of '
                 f'3 * num_heads={3 * num_heads}')
-        new.num_heads = num_heads
-        for name in ('q', 'k', 'v'):
-            setattr(new, f'{name}_quantizer',
-                    _act_quantizer(attn_cfg, num_heads, -2))
-        new.to(mod.weight.device)
-        return new
+        super().__init__(in_features, out_features, bias, act_cfg, weight_cfg,
+                         **kwargs)
+        device = kwargs.get('device')
+        qdev = None if device == 'meta' else device
+        self.num_heads, self.deferred = num_heads, deferred
+        self.q_quantizer, self.k_quantizer, self.v_quantizer = (
+            act_quantizer(attn_cfg, num_heads, -2, qdev) for _ in range(3))
 
-    def to_float(self) -> nn.Linear:
-        mod = super().to_float()
-        mod.__dict__.pop('num_heads', None)
-        mod.__dict__.pop('defer_operands', None)
-        return mod
+    @property
+    def operand_quantizers(self) -> tuple:
+        return (self.q_quantizer, self.k_quantizer, self.v_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
-        qs = (self.q_quantizer, self.k_quantizer, self.v_quantizer)
-        if self.defer_operands or not any(q.enabled or q.observing for q in qs):
+        qs = self.operand_quantizers
+        if self.deferred or not any(q.active for q in qs):
             return out
-        if all(q.fusable and q.bits == qs[0].bits
-               and q.step.numel() == qs[0].step.numel() for q in qs):
-            # One LSQ call over (..., 3 * groups, rest) with the three
-            # quantizers' steps side by side: the same values and gradients
-            # as three calls and a stack, without the copy.
-            step = torch.cat([q.step for q in qs])
-            out = out.unflatten(-1, (step.numel(), -1))
-            return QF.lsq_fake_quant(out, step, qs[0].qmin, qs[0].qmax,
-                                     axis=-2).flatten(-2)
-        # (..., 3, heads, head_dim): one step per head for each of q, k, v.
-        parts = out.unflatten(-1, (3, self.num_heads, -1)).unbind(-3)
-        out = torch.stack([q(p) for q, p in zip(qs, parts)], dim=-3)
-        return out.flatten(-3)
+        if any(q.observing for q in qs):
+            # (..., 3, heads, head_dim): each quantizer observes its third.
+            for q, part in zip(qs, out.unflatten(
+                    -1, (3, self.num_heads, -1)).unbind(-3)):
+                q(part)
+            return out
+        for q in qs:
+            q.check_ready()
+        # One LSQ call over (..., 3 * groups, rest) with the three steps side
+        # by side: the values and gradients of three calls, without a copy.
+        step = torch.cat([q.step for q in qs])
+        out = out.unflatten(-1, (step.numel(), -1))
+        return lsq_fake_quant(out, step, qs[0].qmin, qs[0].qmax,
+                              axis=-2).flatten(-2)
 
 
 def is_quant_layer(mod: nn.Module) -> bool:
@@ -157,6 +197,8 @@ def is_quant_layer(mod: nn.Module) -> bool:
 
 
 def iter_quantizers(mod: nn.Module, role: Optional[str] = None):
+    """``(name, quantizer)`` of every :class:`FakeQuantizer` in ``mod``
+    (of ``role`` only, when given)."""
     for name, m in mod.named_modules():
         if isinstance(m, FakeQuantizer) and (role is None or m.role == role):
             yield name, m

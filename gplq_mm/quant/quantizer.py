@@ -1,16 +1,17 @@
 """The one fake quantizer used at every site (weights, Linear inputs,
 attention operands)."""
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from . import functional as QF
+from .fused import log2_fake_quant, lsq_fake_quant
 
 __all__ = ['FakeQuantizer']
 
-GRANULARITIES = ('tensor', 'channel', 'token')
+GRANULARITIES = ('tensor', 'channel')
 GRIDS = ('uniform', 'log2')
 INIT_METHODS = ('minmax', 'percentile')
 
@@ -22,20 +23,22 @@ class FakeQuantizer(nn.Module):
         bits (int): 2 to 8. Defaults to 4.
         signed (bool): Signed grid ``[-2^(b-1), 2^(b-1)-1]`` or unsigned
             ``[0, 2^b-1]``. Defaults to True.
-        granularity (str): ``'tensor'`` (one step), ``'channel'`` (one step per
-            index of ``axis``) or ``'token'`` (the same along axis -2, the token
-            axis of ``(..., N, C)``). Defaults to ``'tensor'``.
-        num_channels (int): Number of steps for ``'channel'`` / ``'token'``.
-        axis (int, optional): Axis of the groups. Defaults to -1 for
-            ``'channel'`` and -2 for ``'token'``.
+        granularity (str): ``'tensor'`` (one step) or ``'channel'`` (one step
+            per index of ``axis``). Defaults to ``'tensor'``.
+        num_channels (int): Number of steps for ``'channel'``. Defaults to 1.
+        axis (int): Axis of the groups for ``'channel'``. Defaults to -1.
         learnable (bool): Whether the step is trained by LSQ. Defaults to True.
-        init (str): ``'minmax'`` or ``'percentile'`` initialization.
+        init (str): ``'minmax'`` (running min / max) or ``'percentile'`` (mean
+            over batches of the ``percentile`` range) calibration.
+            Defaults to ``'minmax'``.
         percentile (tuple): ``(low, high)`` for ``'percentile'``.
             Defaults to ``(0.01, 0.99)``.
         role (str): ``'act'`` or ``'weight'``; used by ``set_quant_state``.
+            Defaults to ``'act'``.
         grid (str): ``'uniform'`` (LSQ) or ``'log2'`` (unsigned, powers of two
             below the step, fixed step; for softmax outputs).
             Defaults to ``'uniform'``.
+        device (torch.device, optional): Where the state is allocated.
 
     State: ``step`` (Parameter, shape ``(num_channels,)`` or ``(1,)``) and
     ``initialized`` (bool buffer) are in the state_dict. A state_dict without
@@ -47,49 +50,47 @@ class FakeQuantizer(nn.Module):
                  signed: bool = True,
                  granularity: str = 'tensor',
                  num_channels: int = 1,
-                 axis: Optional[int] = None,
+                 axis: int = -1,
                  learnable: bool = True,
                  init: str = 'minmax',
-                 percentile=(0.01, 0.99),
+                 percentile: Tuple[float, float] = (0.01, 0.99),
                  role: str = 'act',
-                 grid: str = 'uniform'):
+                 grid: str = 'uniform',
+                 device: Optional[torch.device] = None):
         super().__init__()
-        if not isinstance(bits, int) or not 2 <= bits <= 8:
+        if isinstance(bits, bool) or not isinstance(bits, int) or \
+                not 2 <= bits <= 8:
             raise ValueError(f'bits={bits!r} is not allowed: use an int in '
                              '2..8')
-        if granularity not in GRANULARITIES:
-            raise ValueError(f'granularity={granularity!r} is not allowed: '
-                             f'use one of {GRANULARITIES}')
-        if init not in INIT_METHODS:
-            raise ValueError(f'init={init!r} is not allowed: use one of '
-                             f'{INIT_METHODS}')
-        if grid not in GRIDS:
-            raise ValueError(f'grid={grid!r} is not allowed: use one of '
-                             f'{GRIDS}')
+        for name, val, allowed in (('granularity', granularity, GRANULARITIES),
+                                   ('init', init, INIT_METHODS),
+                                   ('grid', grid, GRIDS),
+                                   ('role', role, ('act', 'weight'))):
+            if val not in allowed:
+                raise ValueError(f'{name}={val!r} is not allowed: use one of '
+                                 f'{allowed}')
         if grid == 'log2':
             signed, learnable = False, False
         if granularity == 'tensor':
             num_channels = 1
         self.bits, self.signed, self.granularity = bits, signed, granularity
-        self.axis = axis if axis is not None else (
-            -2 if granularity == 'token' else -1)
-        self.init, self.percentile, self.role = init, tuple(percentile), role
-        self.grid = grid
+        self.axis, self.init, self.role = axis, init, role
+        self.percentile, self.grid = tuple(percentile), grid
         self.qmin, self.qmax = QF.qrange(bits, signed)
         self.step = nn.Parameter(
-            torch.ones(num_channels), requires_grad=learnable)
-        self.register_buffer('initialized', torch.zeros((), dtype=torch.bool))
+            torch.ones(num_channels, device=device), requires_grad=learnable)
+        self.register_buffer('initialized',
+                             torch.zeros((), dtype=torch.bool, device=device))
         self.enabled = False
         self.observing = False
         self._ready = False  # python mirror of `initialized`, avoids syncs
-        self._obs = None
+        self._stats = None  # (lo, hi, batches) while observing
 
     def extra_repr(self) -> str:
         return (f'bits={self.bits}, signed={self.signed}, '
                 f'granularity={self.granularity}, channels='
                 f'{self.step.numel()}, axis={self.axis}, role={self.role}, '
-                f'grid={self.grid}, '
-                f'enabled={self.enabled}')
+                f'grid={self.grid}, enabled={self.enabled}')
 
     @property
     def fusable(self) -> bool:
@@ -99,59 +100,64 @@ class FakeQuantizer(nn.Module):
                 and self.grid == 'uniform')
 
     @property
-    def _reduce_axis(self) -> Optional[int]:
-        return None if self.step.numel() == 1 else self.axis
+    def active(self) -> bool:
+        """Quantizing or observing: its site must run the quantized path."""
+        return self.enabled or self.observing
+
+    def check_ready(self) -> None:
+        """Raise when enabled without a step (never calibrated or loaded)."""
+        if self.enabled and not self._ready:
+            raise RuntimeError(
+                'A FakeQuantizer is enabled but not initialized: calibrate '
+                'it (gplq_mm.quant.calibration) or load a checkpoint that '
+                f'holds its step ({self.extra_repr()}).')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
-            self._observe(x)
+            self.observe(x)
             return x
         if not self.enabled:
             return x
-        if not self._ready:
-            raise RuntimeError(
-                'A FakeQuantizer is enabled but not initialized: calibrate '
-                'it (gplq_mm.quant.calibrate) or load a checkpoint that '
-                f'holds its step ({self.extra_repr()}).')
+        self.check_ready()
         if self.grid == 'log2':
-            return QF.log2_fake_quant(x, self.step, self.bits, self.axis)
-        return QF.lsq_fake_quant(x, self.step, self.qmin, self.qmax,
-                                 self.axis)
+            return log2_fake_quant(x, self.step, self.bits, self.axis)
+        return lsq_fake_quant(x, self.step, self.qmin, self.qmax, self.axis)
 
     # calibration -----------------------------------------------------------
-    def _observe(self, x: torch.Tensor) -> None:
-        """Accumulate statistics: running min/max (``minmax``) or the mean of
-        per-batch percentiles (``percentile``)."""
-        x2 = QF._reduce_dims(x.detach().float(), self._reduce_axis)
+    def start_observing(self) -> None:
+        self.observing, self._stats = True, None
+
+    def stop_observing(self) -> None:
+        """Leave observation without setting the step."""
+        self.observing, self._stats = False, None
+
+    def observe(self, x: torch.Tensor) -> None:
+        """Accumulate the range of ``x``: running min / max (``minmax``) or
+        the sum of per-batch percentile ranges (``percentile``)."""
+        axis = None if self.step.numel() == 1 else self.axis
         if self.init == 'minmax':
-            lo, hi = x2.amin(dim=1), x2.amax(dim=1)
-            if self._obs is None:
-                self._obs = [lo, hi, 1]
-            else:
-                self._obs = [
-                    torch.minimum(self._obs[0], lo),
-                    torch.maximum(self._obs[1], hi), self._obs[2] + 1
-                ]
+            lo, hi = QF.minmax_range(x, axis)
+            if self._stats is not None:
+                lo = torch.minimum(self._stats[0], lo)
+                hi = torch.maximum(self._stats[1], hi)
         else:
-            lo = QF._kth(x2, self.percentile[0])
-            hi = QF._kth(x2, self.percentile[1])
-            if self._obs is None:
-                self._obs = [lo, hi, 1]
-            else:
-                self._obs = [self._obs[0] + lo, self._obs[1] + hi,
-                             self._obs[2] + 1]
+            lo, hi = QF.percentile_range(x, axis, *self.percentile)
+            if self._stats is not None:
+                lo, hi = self._stats[0] + lo, self._stats[1] + hi
+        n = 1 if self._stats is None else self._stats[2] + 1
+        self._stats = (lo, hi, n)
 
     @torch.no_grad()
     def finish_calibration(self) -> None:
-        """Set the step from the observed statistics (reduced over all ranks
-        when torch.distributed is initialized) and mark it initialized."""
-        self.observing = False
-        if self._obs is None:
+        """Set the step from the observed range (reduced over all ranks when
+        torch.distributed is initialized) and mark it initialized."""
+        stats = self._stats
+        self.stop_observing()
+        if stats is None:
             raise RuntimeError(
                 'FakeQuantizer saw no data during calibration '
                 f'({self.extra_repr()}); is its module reached by forward?')
-        lo, hi, n = self._obs
-        self._obs = None
+        lo, hi, n = stats
         if self.init == 'percentile':
             lo, hi = lo / n, hi / n
         if dist.is_available() and dist.is_initialized():
@@ -163,11 +169,9 @@ class FakeQuantizer(nn.Module):
                 dist.all_reduce(lo)
                 dist.all_reduce(hi)
                 lo, hi = lo / ws, hi / ws
-        amax = torch.maximum(lo.abs(), hi.abs()) if self.signed else \
-            hi.clamp(min=0)
         # The log2 grid's step is its largest value; uniform: amax / qmax.
-        div = 1 if self.grid == 'log2' else self.qmax
-        self.set_step((amax / div).clamp(min=1e-8))
+        top = 1 if self.grid == 'log2' else self.qmax
+        self.set_step(QF.step_from_range(lo, hi, top, self.signed))
 
     @torch.no_grad()
     def set_step(self, step: torch.Tensor) -> None:
@@ -180,6 +184,7 @@ class FakeQuantizer(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata,
                               strict, missing_keys, unexpected_keys,
                               error_msgs):
+        # nn.Module's documented override point for custom loading.
         keys = [prefix + 'step', prefix + 'initialized']
         if not any(k in state_dict for k in keys):
             return  # a float checkpoint: keep the current state

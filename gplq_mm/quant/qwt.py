@@ -8,44 +8,32 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['QwTCompensator', 'BLOCK_TYPES', 'attach_compensator',
-           'detach_compensator', 'QwTStats', 'fit_qwt']
+from .hosts import block_width
 
-# Transformer blocks that get a compensator, keyed like the attention
-# adapters so this package imports no host.
-BLOCK_TYPES = (
-    'mmpretrain.models.backbones.vision_transformer.TransformerEncoderLayer',
-    'mmpretrain.models.backbones.swin_transformer.SwinBlock',
-    'mmdet.models.backbones.swin.SwinBlock',
-    'timm.models.vision_transformer.Block',
-    'timm.models.swin_transformer.SwinTransformerBlock',
-)
-
-
-def _qualname_in(mod: nn.Module, names) -> Optional[str]:
-    """The first ``module.qualname`` in ``mod``'s MRO found in ``names``."""
-    for c in type(mod).__mro__:
-        if f'{c.__module__}.{c.__qualname__}' in names:
-            return f'{c.__module__}.{c.__qualname__}'
-    return None
-
-
-def is_block(mod: nn.Module) -> bool:
-    return _qualname_in(mod, BLOCK_TYPES) is not None
+__all__ = ['QwTCompensator', 'attach_compensator', 'detach_compensator',
+           'QwTStats', 'fit_qwt']
 
 
 class QwTCompensator(nn.Module):
     """``x -> x @ weight.T + bias``, added to its block's output while
     ``active`` (a persisted flag set by the fit) and ``enabled`` (a runtime
-    switch, e.g. to evaluate without QwT)."""
+    switch, e.g. to evaluate without QwT).
 
-    def __init__(self, dim: int):
+    :func:`attach_compensator` registers it as ``block.qwt`` with a forward
+    hook on the block (the handle is kept here, for
+    :func:`detach_compensator`)."""
+
+    def __init__(self, dim: int, device=None):
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(dim, dim), requires_grad=False)
-        self.bias = nn.Parameter(torch.zeros(dim), requires_grad=False)
-        self.register_buffer('active', torch.zeros((), dtype=torch.bool))
+        self.weight = nn.Parameter(torch.zeros(dim, dim, device=device),
+                                   requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(dim, device=device),
+                                 requires_grad=False)
+        self.register_buffer('active',
+                             torch.zeros((), dtype=torch.bool, device=device))
         self.enabled = True
         self._active = False  # python mirror of `active`
+        self.handle = None
 
     @property
     def on(self) -> bool:
@@ -59,39 +47,38 @@ class QwTCompensator(nn.Module):
         return F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # nn.Module's documented override point for custom loading.
         if not any(k.startswith(prefix) for k in state_dict):
             return  # a float / Stage-1 checkpoint: nothing fitted yet
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._active = bool(self.active)
 
 
-def _qwt_hook(block, args, output):
+def _compensate(block: nn.Module, args: tuple, output: torch.Tensor):
+    """Forward hook of a compensated block: ``output + qwt(input)``."""
     comp = block.qwt
-    if comp.on:
-        return output + comp(args[0])
-    return output
+    return output + comp(args[0]) if comp.on else output
 
 
 def attach_compensator(block: nn.Module) -> QwTCompensator:
     """Add ``block.qwt`` and the forward hook that applies it
-    (idempotent)."""
-    if 'qwt' in block._modules:
+    (idempotent). The block must be registered in
+    :mod:`gplq_mm.quant.hosts` (its width comes from there)."""
+    if isinstance(getattr(block, 'qwt', None), QwTCompensator):
         return block.qwt
-    norms = [m for m in block.modules() if isinstance(m, nn.LayerNorm)]
-    if not norms:
-        raise ValueError(f'cannot infer the width of block '
-                         f'{type(block).__name__}: it has no LayerNorm')
-    ref = next(block.parameters())
-    block.qwt = QwTCompensator(norms[0].normalized_shape[-1]).to(ref.device)
-    block.__dict__['_gplq_qwt_handle'] = block.register_forward_hook(
-        _qwt_hook)
-    return block.qwt
+    comp = QwTCompensator(block_width(block),
+                          device=next(block.parameters()).device)
+    block.qwt = comp
+    comp.handle = block.register_forward_hook(_compensate)
+    return comp
 
 
 def detach_compensator(block: nn.Module) -> None:
-    if 'qwt' in block._modules:
-        block.__dict__.pop('_gplq_qwt_handle').remove()
-        del block._modules['qwt']
+    """Undo :func:`attach_compensator` (no-op for other modules)."""
+    comp = getattr(block, 'qwt', None)
+    if isinstance(comp, QwTCompensator):
+        comp.handle.remove()
+        del block.qwt
 
 
 class _Moments:

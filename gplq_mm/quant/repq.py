@@ -8,40 +8,12 @@ unchanged and every channel of the new activation spans ``[-mean(h),
 mean(h)]``: a symmetric per-tensor quantizer then fits it as well as a
 per-channel one fitted the original.
 """
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, List, Tuple
 
 import torch
 import torch.nn as nn
 
-from .qwt import _qualname_in
-
-__all__ = ['LN_LINEAR_PAIRS', 'ln_linear_pairs', 'reparameterize']
-
-# (LayerNorm, Linear reading its output) inside each supported block.
-LN_LINEAR_PAIRS: Dict[str, List[Tuple[str, str]]] = {
-    'mmpretrain.models.backbones.vision_transformer.TransformerEncoderLayer':
-    [('ln1', 'attn.qkv'), ('ln2', 'ffn.layers.0.0')],
-    'mmpretrain.models.backbones.swin_transformer.SwinBlock':
-    [('norm1', 'attn.w_msa.qkv'), ('norm2', 'ffn.layers.0.0')],
-    'mmdet.models.backbones.swin.SwinBlock':
-    [('norm1', 'attn.w_msa.qkv'), ('norm2', 'ffn.layers.0.0')],
-    'timm.models.vision_transformer.Block':
-    [('norm1', 'attn.qkv'), ('norm2', 'mlp.fc1')],
-    'timm.models.swin_transformer.SwinTransformerBlock':
-    [('norm1', 'attn.qkv'), ('norm2', 'mlp.fc1')],
-}
-
-
-def ln_linear_pairs(blocks) -> List[Tuple[nn.LayerNorm, nn.Linear]]:
-    pairs = []
-    for _, block in blocks:
-        key = _qualname_in(block, LN_LINEAR_PAIRS)
-        if key is None:
-            raise ValueError(f'no LayerNorm/Linear table for block '
-                             f'{type(block).__qualname__}')
-        for ln, lin in LN_LINEAR_PAIRS[key]:
-            pairs.append((block.get_submodule(ln), block.get_submodule(lin)))
-    return pairs
+__all__ = ['reparameterize']
 
 
 @torch.no_grad()

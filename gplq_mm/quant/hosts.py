@@ -1,0 +1,201 @@
+"""Everything gplq_mm knows about the host models, in one registry.
+
+A :class:`HostSpec` says, for one host model family, how its attention is
+quantized (the seam, see :mod:`gplq_mm.quant.attention`), which attention
+classes only wrap an adapted one, what a transformer block is (QwT
+compensates each), which LayerNorm feeds which Linear inside a block (RepQ
+reparameterization, the block width) and how wide the features its
+classification heads consume are. Classes are named by
+``'<module>.<qualname>'``, so nothing here imports a host, and matched over
+the MRO, so subclasses inherit their base's entry.
+
+Adding a host is one :func:`register_host` call (and its test); code
+elsewhere asks the lookups below and never matches class names.
+"""
+import dataclasses
+import sys
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import torch.nn as nn
+
+from .attention import ModuleSeam, SDPASeam
+
+__all__ = ['HostSpec', 'register_host', 'HOSTS', 'find_attention_seam',
+           'is_block', 'block_width', 'ln_linear_pairs', 'head_feature_dim']
+
+Seam = Union[SDPASeam, ModuleSeam]
+LNLinear = Tuple[Tuple[str, str], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class HostSpec:
+    """What gplq_mm knows about one host model family.
+
+    Args:
+        name (str): A readable name (error messages, docs).
+        attention (dict): Attention class -> its seam.
+        wrappers (tuple[str]): Attention-like classes that only contain an
+            adapted attention (e.g. shifted-window wrappers); left alone.
+        blocks (dict): Transformer block class -> its ``(LayerNorm, Linear
+            reading its output)`` submodule pairs; the first LayerNorm's
+            width is the block's width.
+        heads (dict): Classification head class -> ``head -> int``, the width
+            of the feature the head's ``pre_logits`` returns (concatenated
+            when it returns several).
+    """
+    name: str
+    attention: Dict[str, Seam] = dataclasses.field(default_factory=dict)
+    wrappers: Tuple[str, ...] = ()
+    blocks: Dict[str, LNLinear] = dataclasses.field(default_factory=dict)
+    heads: Dict[str, Callable[[nn.Module], int]] = dataclasses.field(
+        default_factory=dict)
+
+
+HOSTS: List[HostSpec] = []
+
+
+def register_host(spec: HostSpec) -> HostSpec:
+    """Add ``spec``; a class already claimed by another host is an error."""
+    for other in HOSTS:
+        for kind in ('attention', 'blocks', 'heads'):
+            both = set(getattr(spec, kind)) & set(getattr(other, kind))
+            if both:
+                raise ValueError(f'{spec.name}: {kind} {sorted(both)} already '
+                                 f'registered by {other.name}')
+    HOSTS.append(spec)
+    return spec
+
+
+def _lookup(mod: nn.Module, kind: str):
+    """The entry of ``mod``'s class (or nearest registered base) in the
+    ``kind`` tables of all hosts, or None."""
+    for cls in type(mod).__mro__:
+        key = f'{cls.__module__}.{cls.__qualname__}'
+        for spec in HOSTS:
+            table = getattr(spec, kind)
+            if key in table:
+                return table[key] if isinstance(table, dict) else True
+    return None
+
+
+def find_attention_seam(mod: nn.Module) -> Optional[Seam]:
+    """The seam of ``mod`` if it is a registered attention; None for
+    anything else, registered wrappers included.
+
+    Raises:
+        ValueError: ``mod`` looks like attention (``nn.MultiheadAttention``,
+            or a module with ``num_heads`` and a ``qkv`` Linear) but no host
+            registers it.
+    """
+    seam = _lookup(mod, 'attention')
+    if seam is not None or _lookup(mod, 'wrappers'):
+        return seam
+    looks_like = isinstance(mod, nn.MultiheadAttention) or (
+        hasattr(mod, 'num_heads') and isinstance(
+            getattr(mod, 'qkv', None), nn.Linear))
+    if looks_like:
+        known = sorted(k for s in HOSTS for k in s.attention)
+        raise ValueError(
+            f'attention class {type(mod).__module__}.'
+            f'{type(mod).__qualname__} has no quantization adapter; '
+            f'supported: {known}. Exclude it with an `exclude` pattern or '
+            'register a host (gplq_mm.quant.hosts.register_host).')
+    return None
+
+
+def is_block(mod: nn.Module) -> bool:
+    return _lookup(mod, 'blocks') is not None
+
+
+def ln_linear_pairs(block: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
+    """``(LayerNorm, Linear)`` module pairs of a registered block."""
+    pairs = _lookup(block, 'blocks')
+    if pairs is None:
+        raise ValueError(f'block {type(block).__qualname__} is not registered '
+                         'in gplq_mm.quant.hosts')
+    return [(block.get_submodule(ln), block.get_submodule(lin))
+            for ln, lin in pairs]
+
+
+def block_width(block: nn.Module) -> int:
+    """Width of a registered block's input and output tokens."""
+    return ln_linear_pairs(block)[0][0].normalized_shape[-1]
+
+
+def head_feature_dim(head: nn.Module) -> int:
+    """Width of ``head.pre_logits``'s output: the registered rule, else
+    ``hidden_dim`` (a pre-logits layer) or ``in_channels``."""
+    rule = _lookup(head, 'heads')
+    if rule is not None:
+        return rule(head)
+    dim = getattr(head, 'hidden_dim', None) or getattr(
+        head, 'in_channels', None)
+    if dim is None:
+        raise TypeError(f'cannot tell the feature width of head '
+                        f'{type(head).__name__} (no in_channels); register '
+                        'it in gplq_mm.quant.hosts')
+    return dim
+
+
+# -- the hosts ----------------------------------------------------------------
+def _mmpretrain_divides(fn: Callable) -> bool:
+    """mmpretrain's Python fallback divides by its scale; torch's SDPA
+    multiplies."""
+    host = sys.modules.get('mmpretrain.models.utils.attention')
+    pyimpl = getattr(host, 'scaled_dot_product_attention_pyimpl', None)
+    return getattr(fn, 'func', fn) is pyimpl and pyimpl is not None
+
+
+_SOFTMAX = ModuleSeam('softmax', after=True)
+_SWIN_PAIRS = (('norm1', 'attn.w_msa.qkv'), ('norm2', 'ffn.layers.0.0'))
+
+register_host(HostSpec(
+    name='mmpretrain VisionTransformer / DeiT',
+    attention={
+        'mmpretrain.models.utils.attention.MultiheadAttention':
+        SDPASeam('scaled_dot_product_attention', _mmpretrain_divides,
+                 # v_shortcut adds v to the output: keep v quantized at the
+                 # qkv output then, as the host sees it.
+                 fuse_qkv=lambda attn: not attn.v_shortcut),
+    },
+    blocks={
+        'mmpretrain.models.backbones.vision_transformer.'
+        'TransformerEncoderLayer': (('ln1', 'attn.qkv'),
+                                    ('ln2', 'ffn.layers.0.0')),
+    },
+    heads={
+        # pre_logits returns the class and the distillation token.
+        'mmpretrain.models.heads.deit_head.DeiTClsHead':
+        lambda head: 2 * (head.hidden_dim or head.in_channels),
+    }))
+
+register_host(HostSpec(
+    name='mmpretrain SwinTransformer',
+    attention={'mmpretrain.models.utils.attention.WindowMSA': _SOFTMAX},
+    wrappers=('mmpretrain.models.utils.attention.ShiftWindowMSA', ),
+    blocks={'mmpretrain.models.backbones.swin_transformer.SwinBlock':
+            _SWIN_PAIRS}))
+
+register_host(HostSpec(
+    name='mmdet SwinTransformer',
+    attention={'mmdet.models.backbones.swin.WindowMSA': _SOFTMAX},
+    wrappers=('mmdet.models.backbones.swin.ShiftWindowMSA', ),
+    blocks={'mmdet.models.backbones.swin.SwinBlock': _SWIN_PAIRS}))
+
+register_host(HostSpec(
+    name='timm VisionTransformer',
+    attention={
+        # attn_drop follows the softmax of the explicit path; fused_attn
+        # would skip it.
+        'timm.layers.attention.Attention':
+        ModuleSeam('attn_drop', after=False, explicit_path='fused_attn',
+                   require_identity=('q_norm', 'k_norm')),
+    },
+    blocks={'timm.models.vision_transformer.Block': (('norm1', 'attn.qkv'),
+                                                     ('norm2', 'mlp.fc1'))}))
+
+register_host(HostSpec(
+    name='timm SwinTransformer',
+    attention={'timm.models.swin_transformer.WindowAttention': _SOFTMAX},
+    blocks={'timm.models.swin_transformer.SwinTransformerBlock':
+            (('norm1', 'attn.qkv'), ('norm2', 'mlp.fc1'))}))
