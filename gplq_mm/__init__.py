@@ -1,13 +1,13 @@
 """gplq_mm: GPLQ (activation-only QAT, then weight PTQ) for OpenMMLab ViTs.
 
 ``import gplq_mm`` (or ``custom_imports = dict(imports=['gplq_mm'])`` in a
-config) registers the models and hooks and allow-lists the types that
-mmengine checkpoints hold for torch's weights-only loader.
+config) registers the models and the hook, and changes nothing else. To load
+mmengine checkpoints with torch >= 2.6 in code of your own, see
+:mod:`gplq_mm.utils.checkpoint` (``tools/train.py`` and ``tools/test.py``
+do it for you).
 """
-from .engine import GPLQHook, allow_mmengine_checkpoints
+from .engine import GPLQHook
 from .models import GPLQClassifier, GPLQDetector
 
 __version__ = '0.1.0'
 __all__ = ['GPLQClassifier', 'GPLQDetector', 'GPLQHook', '__version__']
-
-allow_mmengine_checkpoints()

@@ -1,7 +1,17 @@
 """Tiny mmpretrain / GPLQ configs for tests (16 px digits, 2-block ViT)."""
 import copy
 
+import torch
 from mmengine.config import Config
+
+from gplq_mm.utils import mmengine_checkpoint_globals
+
+
+def load_ckpt(path):
+    """``torch.load`` of an mmengine checkpoint (weights-only, with the
+    types mmengine writes allowed), as tools/train.py and test.py load."""
+    with mmengine_checkpoint_globals():
+        return torch.load(path)
 
 ARCH = dict(
     type='ImageClassifier',

@@ -89,7 +89,7 @@ def bench_model(name, device, batch, warmup, iters, compile_cfg,
     x = torch.randn(batch, 3, 224, 224, device=device)
     samples = [DataSample().set_gt_label(i % 1000) for i in range(batch)]
     gplq.calibrate([dict(inputs=x)])
-    gplq.fit_pca([dict(inputs=x)])
+    gplq.prepare([dict(inputs=x)])
     autocasts = {'fp32': nullcontext,
                  'bf16': lambda: torch.autocast(device.type, torch.bfloat16)}
     autocasts = {k: autocasts[k] for k in precisions}
@@ -98,10 +98,10 @@ def bench_model(name, device, batch, warmup, iters, compile_cfg,
         variants[' compiled'] = compile_cfg
 
     def compilers(ccfg):
-        """This variant's compiler of the float model; GPLQ's is set on it
-        (both None when eager)."""
-        gplq._compiler = CompiledRegions(ccfg) if ccfg is not None else None
-        return CompiledRegions(ccfg) if ccfg is not None else None
+        """This variant's compilers of the float model and of GPLQ (both
+        None when eager)."""
+        return (CompiledRegions(ccfg) if ccfg is not None else None,
+                gplq.set_compile_cfg(ccfg))
 
     def on_float(comp, fn):  # the float backbone compiled as GPLQ's are
         def call():
@@ -131,13 +131,13 @@ def bench_model(name, device, batch, warmup, iters, compile_cfg,
     opt_q = torch.optim.AdamW(gplq.parameters(), lr=0)
     for prec, ac in autocasts.items():
         for tag, ccfg in variants.items():
-            fp_comp = compilers(ccfg)
+            fp_comp, q_comp = compilers(ccfg)
             timed(f'fine-tune {prec}{tag}', fp_comp, train_step(
                 on_float(fp_comp, lambda: fp.loss(x, samples)), opt_fp, ac))
-            timed(f'GPLQ Stage 1 {prec}{tag}', gplq._compiler,
+            timed(f'GPLQ Stage 1 {prec}{tag}', q_comp,
                   train_step(lambda: gplq(x, samples, mode='loss'), opt_q,
                              ac))
-    gplq._compiler = None
+    gplq.set_compile_cfg(None)
     fp.eval()
     gplq.eval()
     n_ptq = 512 if device.type == 'cuda' else 2 * batch
@@ -149,12 +149,11 @@ def bench_model(name, device, batch, warmup, iters, compile_cfg,
                                           float('nan'))
     with torch.no_grad():
         for tag, ccfg in variants.items():
-            fp_comp = compilers(ccfg)
+            fp_comp, q_comp = compilers(ccfg)
             timed(f'eval float{tag}', fp_comp, on_float(fp_comp,
                                                         lambda: fp(x)))
-            timed(f'eval W4A4 fake-quant{tag}', gplq._compiler,
-                  lambda: gplq(x))
-    gplq._compiler = None
+            timed(f'eval W4A4 fake-quant{tag}', q_comp, lambda: gplq(x))
+    gplq.set_compile_cfg(None)
     return rows, n_ptq
 
 

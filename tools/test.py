@@ -7,8 +7,9 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-import gplq_mm  # noqa: F401  registers GPLQ, allows mmengine checkpoints
-from gplq_mm.engine import finish_launch, prepare_launch
+import gplq_mm  # noqa: F401  registers the GPLQ models and hook
+from gplq_mm.utils import (finish_launch, mmengine_checkpoint_globals,
+                           prepare_launch)
 
 
 def parse_args():
@@ -43,7 +44,8 @@ def main():
     cfg.load_from = args.checkpoint
     prepare_launch(cfg)
     runner = Runner.from_cfg(cfg)
-    metrics = runner.test()
+    with mmengine_checkpoint_globals():  # see tools/train.py
+        metrics = runner.test()
     if args.out and runner.rank == 0:
         with open(args.out, 'w') as f:
             json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)

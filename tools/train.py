@@ -7,8 +7,9 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-import gplq_mm  # noqa: F401  registers GPLQ, allows mmengine checkpoints
-from gplq_mm.engine import finish_launch, prepare_launch
+import gplq_mm  # noqa: F401  registers the GPLQ models and hook
+from gplq_mm.utils import (finish_launch, mmengine_checkpoint_globals,
+                           prepare_launch)
 
 
 def parse_args():
@@ -49,7 +50,10 @@ def main():
         cfg.resume, cfg.load_from = True, args.resume
     prepare_launch(cfg)
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    # torch >= 2.6 loads weights-only; resume / load_from read mmengine's
+    # checkpoints, which hold numpy and mmengine types.
+    with mmengine_checkpoint_globals():
+        runner.train()
     finish_launch()
 
 

@@ -7,7 +7,6 @@ import time
 from typing import Iterator, List, Optional
 
 import torch
-import torch.distributed as dist
 from mmengine.dist import get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -116,10 +115,10 @@ class GPLQHook(Hook):
         model = _unwrap(runner.model)
         self._check_size(runner, 'calib_images', self.calib_images)
         self._check_size(runner, 'ptq_images', self.ptq_images)
-        if getattr(model, 'alpha', 0) > 0 and model.recipe['train']:
+        if model.needs_prepare:
             self._check_size(runner, 'pca_images', self.pca_images)
         model.check_data(next(self._batches(runner, 1)))
-        if not model.recipe['train']:
+        if not model.trains:
             # A PTQ baseline: calibrate, then straight to Stage 2.
             runner.train_loop.stop_training = True
         if model.stage == 0:
@@ -129,22 +128,16 @@ class GPLQHook(Hook):
             runner.logger.info(
                 f'GPLQ: calibrated {n} activation quantizers on '
                 f'{self.calib_images} images in {time.time() - t:.1f}s; ' +
-                ('Stage 1 starts' if model.recipe['train'] else
+                ('Stage 1 starts' if model.trains else
                  f'{model.method} trains nothing: on to Stage 2'))
         else:
             runner.logger.info(f'GPLQ: model loaded at stage {model.stage}; '
                                'calibration skipped')
-        if (getattr(model, 'alpha', 0) > 0 and model.recipe['train']
-                and not bool(model.pca.fitted)):
+        if model.needs_prepare:
             t = time.time()
-            k = model.fit_pca(self._batches(runner, self.pca_images))
-            ev = float(model.pca.explained[:k].sum())
-            self.stats.update(pca_s=time.time() - t, pca_dim=k,
-                              pca_explained=ev)
-            runner.logger.info(
-                f'GPLQ: PCA of the teacher features on {self.pca_images} '
-                f'images: kept {k}/{model.pca.dim} dims, {ev:.1%} of the '
-                f'variance ({time.time() - t:.1f}s)')
+            self.stats.update(model.prepare(
+                self._batches(runner, self.pca_images)))
+            self.stats['pca_s'] = time.time() - t
         self._reset_peak()
         self._t_stage1 = time.time()
 
@@ -180,5 +173,5 @@ class GPLQHook(Hook):
             save_param_scheduler=False)
         runner.logger.info(f'GPLQ: final checkpoint saved to '
                            f'{runner.work_dir}/{name}')
-        if runner._val_loop is not None:
+        if runner.val_loop is not None:
             runner.val_loop.run()

@@ -1,4 +1,6 @@
-"""The GPLQ wrapper models: a converted student, a frozen FP teacher."""
+"""The base of the GPLQ wrapper models: a converted student, a frozen FP
+teacher, the stages, and the steps :class:`~gplq_mm.engine.GPLQHook` runs
+outside the gradient steps."""
 import contextlib
 import os.path as osp
 from typing import Callable, Dict, Iterable, List, Optional, Union
@@ -7,43 +9,20 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS
-from mmengine.runner.checkpoint import _load_checkpoint
+from mmengine.runner import load_checkpoint
 
 from ..quant import (QuantConfig, calibration, convert, fit_qwt,
                      quantize_weights, qwt_blocks, set_quant_state)
-from ..quant.repq import ln_linear_pairs, reparameterize
+from ..quant.hosts import ln_linear_pairs
+from ..quant.repq import reparameterize
+from ..utils.checkpoint import mmengine_checkpoint_globals
 from .compile import CompiledRegions
-from .pca import PCAProjector
+from .methods import get_method
 
-__all__ = ['GPLQModel', 'GPLQClassifier']
+__all__ = ['GPLQModel']
 
 STAGES = {0: 'float', 1: 'Stage 1 (activations quantized)',
           2: 'Stage 2 (weights quantized too)'}
-
-# The method and its baselines, one config switch (``model.method``) apart.
-#   quant: QuantConfig defaults of the method (the config's quant_cfg wins)
-#   train: Stage 1 trains (QAT); False: PTQ, the train loop is skipped
-#   weights_in_stage1: weights fake-quantized while training (direct QAT)
-#   qwt: QwT compensation in Stage 2
-#   clip: per-channel weight clipping candidates (percentiles of |w|)
-#   reparam: RepQ-ViT reparameterization of post-LayerNorm activations
-METHODS = {
-    'gplq': dict(),
-    'gplq-no-qwt': dict(qwt=False),
-    'qat-w4a4': dict(quant=dict(weight_learnable=True),
-                     weights_in_stage1=True, qwt=False),
-    'minmax-ptq': dict(
-        quant=dict(act_granularity='tensor', attn_granularity='tensor',
-                   attn_init='minmax'),
-        train=False, qwt=False, clip=(1.0, )),
-    'repq-ptq': dict(
-        quant=dict(act_granularity='tensor', attn_granularity='tensor',
-                   softmax_grid='log2'),
-        train=False, qwt=False, reparam=True),
-}
-_METHOD_DEFAULTS = dict(quant={}, train=True, weights_in_stage1=False,
-                        qwt=True, clip=(0.999, 0.9999, 0.99999, 1.0),
-                        reparam=False)
 
 
 class GPLQModel(BaseModel):
@@ -56,7 +35,8 @@ class GPLQModel(BaseModel):
             initializes the student and the teacher. Not needed to test a
             GPLQ checkpoint. Defaults to None.
         quant_cfg (dict, optional): :class:`~gplq_mm.quant.QuantConfig`
-            fields. Defaults to None (``default_scope`` of the subclass).
+            fields over the method's defaults. Defaults to None
+            (``include=('backbone',)``).
         method (str): ``'gplq'`` or a baseline: ``'gplq-no-qwt'``,
             ``'qat-w4a4'`` (1-epoch QAT, weights and activations together),
             ``'minmax-ptq'``, ``'repq-ptq'`` (RepQ-ViT-style PTQ). Defaults to
@@ -77,7 +57,6 @@ class GPLQModel(BaseModel):
     The persisted buffer ``gplq_stage`` (0 float, 1 W32A4, 2 W4A4) decides
     which quantizers are on, so a loaded checkpoint runs as it was saved.
     """
-    default_scope: Dict = dict(include=('backbone', ))
 
     def __init__(self,
                  architecture: dict,
@@ -105,20 +84,16 @@ class GPLQModel(BaseModel):
         object.__setattr__(self, '_teacher', teacher)
         self.data_preprocessor = self.student.data_preprocessor
         self.checkpoint = checkpoint
-        if method not in METHODS:
-            raise ValueError(f'{type(self).__name__}.method={method!r} is not '
-                             f'allowed: use one of {sorted(METHODS)}')
         self.method = method
-        self.recipe = {**_METHOD_DEFAULTS, **METHODS[method]}
+        self.recipe = get_method(method, type(self).__name__)
         self.quant_cfg = QuantConfig.from_any({
-            **self.default_scope,
-            **self.recipe['quant'],
+            'include': ('backbone', ),
+            **self.recipe.quant,
             **dict(quant_cfg or {})
         })
         convert(self.student, self.quant_cfg)
         self.use_qwt = use_qwt
-        self._compiler = CompiledRegions(compile_cfg) if compile_cfg else \
-            None
+        self.set_compile_cfg(compile_cfg)
         self.register_buffer('gplq_stage', torch.zeros((), dtype=torch.long))
         self.register_load_state_dict_post_hook(
             lambda mod, keys: mod.apply_stage())
@@ -138,6 +113,19 @@ class GPLQModel(BaseModel):
             if mode == 'loss':
                 return self.loss(inputs, data_samples)
             return self.student(inputs, data_samples, mode=mode)
+
+    def set_compile_cfg(self, compile_cfg: Union[bool, dict, None]
+                        ) -> Optional[CompiledRegions]:
+        """Compile the backbones from now on (``compile_cfg`` as in the
+        constructor; False / None: eager). Returns the compiler, whose
+        ``failed`` says whether it fell back to eager."""
+        self._compiler = CompiledRegions(compile_cfg) if compile_cfg else \
+            None
+        return self._compiler
+
+    @property
+    def compiler(self) -> Optional[CompiledRegions]:
+        return self._compiler
 
     def compiled(self):
         """Context in which the backbones run compiled (``compile_cfg``)."""
@@ -171,7 +159,7 @@ class GPLQModel(BaseModel):
     def apply_stage(self) -> None:
         stage = self.stage
         weight = stage >= 2 or (stage == 1
-                                and self.recipe['weights_in_stage1'])
+                                and self.recipe.weights_in_stage1)
         set_quant_state(self.student, weight=weight, act=stage >= 1)
         for _, block in qwt_blocks(self.student, self.quant_cfg):
             if 'qwt' in block._modules:
@@ -194,14 +182,13 @@ class GPLQModel(BaseModel):
             raise FileNotFoundError(
                 f'{type(self).__name__}.checkpoint={self.checkpoint!r} does '
                 'not exist')
-        ckpt = _load_checkpoint(self.checkpoint, map_location='cpu')
-        state = ckpt.get('state_dict', ckpt)
-        state = {k[7:] if k.startswith('module.') else k: v
-                 for k, v in state.items()}
         for name, model in (('student', self.student),
                             ('teacher', self.teacher)):
             try:
-                model.load_state_dict(state, strict=True)
+                with mmengine_checkpoint_globals():
+                    load_checkpoint(model, self.checkpoint,
+                                    map_location='cpu', strict=True,
+                                    revise_keys=[(r'^module\.', '')])
             except RuntimeError as e:
                 raise ValueError(
                     f'checkpoint {self.checkpoint!r} does not match '
@@ -210,8 +197,24 @@ class GPLQModel(BaseModel):
 
     # -- the method's steps (called by GPLQHook) ----------------------------
     # ``batches`` are preprocessed data dicts (``inputs``, ``data_samples``).
+    @property
+    def trains(self) -> bool:
+        """Whether the method trains (QAT); PTQ methods skip the loop."""
+        return self.recipe.trains
+
     def check_data(self, data: dict) -> None:
         """Raise before training if ``data`` cannot train this model."""
+
+    @property
+    def needs_prepare(self) -> bool:
+        """Whether :meth:`prepare` must run before training (statistics
+        the loss needs and a loaded checkpoint does not already hold)."""
+        return False
+
+    def prepare(self, batches: Iterable[dict]) -> dict:
+        """Fit what the training loss needs from ``batches``; returns
+        statistics for ``gplq_stats.json``."""
+        return {}
 
     def _calib_forward(self, data: dict) -> None:
         """A forward that reaches every quantizer in scope."""
@@ -226,15 +229,16 @@ class GPLQModel(BaseModel):
         was_training = self.student.training
         self.student.eval()
         batches = list(batches)
-        if self.recipe['reparam']:
-            pairs = ln_linear_pairs(qwt_blocks(self.student, self.quant_cfg))
+        if self.recipe.reparam:
+            pairs = [p for _, b in qwt_blocks(self.student, self.quant_cfg)
+                     for p in ln_linear_pairs(b)]
             reparameterize(pairs, lambda: [self._calib_forward(d)
                                            for d in batches])
         with calibration(self.student, 'act') as qs:
             for data in batches:
                 self._calib_forward(data)
-        if self.recipe['weights_in_stage1']:
-            quantize_weights(self.student, self.recipe['clip'])
+        if self.recipe.weights_in_stage1:
+            quantize_weights(self.student, self.recipe.clip)
         self.student.train(was_training)
         self.set_stage(1)
         return len(qs)
@@ -250,15 +254,15 @@ class GPLQModel(BaseModel):
                                'quantizers calibrated)')
         was_training = self.student.training
         self.student.eval()
-        if not self.recipe['weights_in_stage1']:  # QAT learned its steps
-            n = quantize_weights(self.student, self.recipe['clip'])
+        if not self.recipe.weights_in_stage1:  # QAT learned its steps
+            n = quantize_weights(self.student, self.recipe.clip)
             if logger:
                 logger(f'weight PTQ: {n} layers quantized per output channel '
                        f'at {self.quant_cfg.w_bits} bits')
         self.set_stage(2)
         r2 = {}
         blocks = qwt_blocks(self.student, self.quant_cfg)
-        if qwt and self.recipe['qwt'] and blocks:
+        if qwt and self.recipe.qwt and blocks:
             r2 = fit_qwt(
                 blocks, batches,
                 forward=lambda d: self.student.extract_feat(d['inputs']),
@@ -268,73 +272,3 @@ class GPLQModel(BaseModel):
         self.student.train(was_training)
         self.apply_stage()
         return r2
-
-
-@MODELS.register_module()
-class GPLQClassifier(GPLQModel):
-    """GPLQ for an mmpretrain ``ImageClassifier``.
-
-    Stage-1 loss: the head's task loss (``loss_cls``) plus
-    ``alpha * L_PCA`` (``loss_pca``) between the student's and the frozen
-    teacher's penultimate features (the pre-logits the head consumes; DeiT's
-    class and distillation tokens concatenated).
-
-    Args:
-        alpha (float): Weight of L_PCA; 0 disables it. Defaults to 1.0.
-        pca_cfg (dict): ``threshold`` (explained-variance ratio, 0.6) and
-            ``multiple`` (32) for the kept dimension.
-        **kwargs: See :class:`GPLQModel`.
-    """
-
-    def __init__(self, *args, alpha: float = 1.0,
-                 pca_cfg: Optional[dict] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.alpha = float(alpha)
-        self.pca = PCAProjector(self._feature_dim(), **dict(pca_cfg or {}))
-
-    def _check_architecture(self, model: nn.Module) -> None:
-        from mmpretrain.models import ImageClassifier
-        if not isinstance(model, ImageClassifier):
-            raise TypeError(
-                'GPLQClassifier.architecture must build an mmpretrain '
-                f'ImageClassifier; it built {type(model).__name__}')
-
-    def _feature_dim(self) -> int:
-        head = self.student.head
-        dim = getattr(head, 'hidden_dim', None) or getattr(
-            head, 'in_channels', None)
-        if dim is None:
-            raise TypeError(f'cannot tell the feature width of head '
-                            f'{type(head).__name__} (no in_channels)')
-        return dim * 2 if type(head).__name__ == 'DeiTClsHead' else dim
-
-    @staticmethod
-    def _pre_logits(model: nn.Module, feats) -> torch.Tensor:
-        f = model.head.pre_logits(feats)
-        return torch.cat(f, dim=-1) if isinstance(f, (tuple, list)) else f
-
-    @torch.no_grad()
-    def teacher_features(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self._pre_logits(self.teacher,
-                                self.teacher.extract_feat(inputs))
-
-    @torch.no_grad()
-    def fit_pca(self, batches: Iterable[dict]) -> int:
-        for data in batches:
-            self.pca.update(self.teacher_features(data['inputs']))
-        return self.pca.fit()
-
-    def loss(self, inputs: torch.Tensor, data_samples) -> Dict:
-        feats = self.student.extract_feat(inputs)
-        losses = self.student.head.loss(feats, data_samples)
-        losses = {('loss_cls' if k == 'loss' else k): v
-                  for k, v in losses.items()}
-        if self.alpha > 0:
-            if not bool(self.pca.fitted):
-                raise RuntimeError('L_PCA is on (alpha > 0) but the PCA is '
-                                   'not fitted; GPLQHook fits it before '
-                                   'training')
-            f_t = self.teacher_features(inputs)
-            f_s = self._pre_logits(self.student, feats)
-            losses['loss_pca'] = self.alpha * self.pca(f_s, f_t)
-        return losses

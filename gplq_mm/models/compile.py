@@ -39,9 +39,14 @@ class CompiledRegions:
             ``torch.compile`` (``mode``, ``dynamic``, ``backend``,
             ``fullgraph``, ``options``).
 
-    Nothing is stored on the modules outside :meth:`active`: their
-    ``forward`` is patched on entry and restored on exit, so state_dicts,
-    deepcopy and calibration (which runs eagerly) are unaffected.
+    Nothing is changed on the modules outside :meth:`active`: on entry
+    their ``forward`` is patched and NumPy scalar attributes become Python
+    numbers (mmpretrain's drop-path rates come from ``np.linspace``; dynamo
+    treats NumPy scalars as tensors and breaks the graph at every ``if
+    drop_prob == 0``); on exit both are restored, so state_dicts, deepcopy
+    and calibration (which runs eagerly) are unaffected. mmengine and torch
+    offer no seam to compile a submodule for a scope, hence the patch, kept
+    here and nowhere else.
     """
 
     def __init__(self, cfg: Union[bool, dict]):
@@ -53,22 +58,25 @@ class CompiledRegions:
         self.kwargs = dict(cfg)
         self.failed = False
         self._fns: Dict[type, Callable] = {}
-        self._prepared, self._probed = set(), set()
+        self.probed = set()
 
     @contextlib.contextmanager
     def active(self, regions: Dict[str, nn.Module]):
         """Run ``regions`` (name -> module) compiled inside the context."""
-        patched = []
+        patched, scalars = [], []
         if not self.failed:
             for name, mod in regions.items():
-                if mod is not None and 'forward' not in mod.__dict__:
+                if mod is not None and 'forward' not in vars(mod):
                     mod.forward = functools.partial(self._call, name, mod)
                     patched.append(mod)
+                    scalars += self._python_scalars(mod)
         try:
             yield
         finally:
             for mod in patched:
-                mod.__dict__.pop('forward', None)
+                del mod.forward
+            for m, k, v in scalars:
+                setattr(m, k, v)
 
     def _compiled(self, mod: nn.Module):
         cls = type(mod)
@@ -77,28 +85,27 @@ class CompiledRegions:
         return self._fns[cls]
 
     @staticmethod
-    def _python_scalars(mod: nn.Module) -> None:
-        """NumPy scalars in module attributes (mmpretrain's drop-path rates
-        come from ``np.linspace``) become Python numbers: dynamo treats them
-        as tensors and breaks the graph at every ``if drop_prob == 0``."""
+    def _python_scalars(mod: nn.Module) -> list:
+        """Make NumPy scalar attributes of ``mod``'s modules Python numbers;
+        returns ``(module, name, old value)`` to restore."""
+        changed = []
         for m in mod.modules():
             for k, v in list(vars(m).items()):
                 if isinstance(v, np.generic):
+                    changed.append((m, k, v))
                     setattr(m, k, v.item())
+        return changed
 
     def _call(self, name: str, mod: nn.Module, *args, **kwargs):
         eager = type(mod).forward
         if self.failed:
             return eager(mod, *args, **kwargs)
         try:
-            if name not in self._prepared:
-                self._python_scalars(mod)
-                self._prepared.add(name)
             fn = self._compiled(mod)
-            if (name not in self._probed and torch.is_grad_enabled()
+            if (name not in self.probed and torch.is_grad_enabled()
                     and mod.training):
                 self._probe(fn, mod, args, kwargs)
-                self._probed.add(name)
+                self.probed.add(name)
             return fn(mod, *args, **kwargs)
         except Exception as e:  # noqa: BLE001 - any failure: go eager
             self.failed = True

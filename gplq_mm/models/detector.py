@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.registry import MODELS
 
-from .gplq import GPLQModel
+from .base import GPLQModel
 
 __all__ = ['GPLQDetector']
 
@@ -38,12 +38,13 @@ class GPLQDetector(GPLQModel):
     """
 
     def __init__(self, *args, scope: str = 'backbone',
-                 feat_loss_weight: float = 0.0, **kwargs):
+                 feat_loss_weight: float = 0.0,
+                 quant_cfg: Optional[dict] = None, **kwargs):
         if scope not in SCOPES:
             raise ValueError(f'GPLQDetector.scope={scope!r} is not allowed: '
                              f'use one of {sorted(SCOPES)}')
-        self.default_scope = dict(include=SCOPES[scope])
-        super().__init__(*args, **kwargs)
+        quant_cfg = {'include': SCOPES[scope], **dict(quant_cfg or {})}
+        super().__init__(*args, quant_cfg=quant_cfg, **kwargs)
         self.scope = scope
         self.feat_loss_weight = float(feat_loss_weight)
 

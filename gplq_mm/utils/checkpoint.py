@@ -1,5 +1,12 @@
 """Let torch's weights-only loader read the checkpoints mmengine writes.
 
+Nothing happens on import: ``tools/train.py`` and ``tools/test.py`` run the
+Runner inside :func:`mmengine_checkpoint_globals`, and the GPLQ models load
+their FP32 checkpoint inside it; code of your own that loads mmengine
+checkpoints with torch >= 2.6 can do the same (or call
+:func:`allow_mmengine_checkpoints` once, which allow-lists them for the rest
+of the process).
+
 torch >= 2.6 loads with ``weights_only=True``; mmengine 0.10.7 calls
 ``torch.load`` without the argument, and its checkpoints hold numpy arrays and
 scalars (message hub, seeds) and ``HistoryBuffer`` objects, whose pickled
@@ -8,11 +15,13 @@ these types, and map the pickled ``builtins.getattr`` to a function that only
 resolves HistoryBuffer's statistics methods, so the weights-only safety stays
 on for everything else.
 """
+import contextlib
+
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 
-__all__ = ['allow_mmengine_checkpoints']
+__all__ = ['allow_mmengine_checkpoints', 'mmengine_checkpoint_globals']
 
 
 def _history_buffer_getattr(obj, name: str, *default):
@@ -35,10 +44,25 @@ def _numpy_globals() -> list:
     return out
 
 
+def _allowed() -> list:
+    return [HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr')
+            ] + _numpy_globals()
+
+
+@contextlib.contextmanager
+def mmengine_checkpoint_globals():
+    """Within the block, torch's weights-only loader also accepts the types
+    mmengine checkpoints hold (and nothing else). Nests: inside another such
+    block, or after :func:`allow_mmengine_checkpoints`, it changes nothing
+    (torch's own context would remove the types on exit)."""
+    if HistoryBuffer in torch.serialization.get_safe_globals():
+        yield
+        return
+    with torch.serialization.safe_globals(_allowed()):
+        yield
+
+
 def allow_mmengine_checkpoints() -> None:
-    """Allow-list the globals of mmengine checkpoints (idempotent)."""
-    if not hasattr(torch.serialization, 'add_safe_globals'):
-        return  # torch < 2.4 loads without weights_only by default
-    torch.serialization.add_safe_globals(
-        [HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr')] +
-        _numpy_globals())
+    """Allow-list the types of mmengine checkpoints for the rest of the
+    process (idempotent)."""
+    torch.serialization.add_safe_globals(_allowed())

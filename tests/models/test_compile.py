@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gplq_mm.models import compile as gplq_compile
-from tests.models.test_gplq_classifier import _batch, _build
+from tests.models.test_classifier import _batch, _build
 
 
 def _stage1(**kw):
@@ -15,7 +15,7 @@ def _stage1(**kw):
     model.teacher.load_state_dict(model.student.state_dict(), strict=False)
     x, _ = _batch(8)
     model.calibrate([dict(inputs=x)])
-    model.fit_pca([dict(inputs=torch.randn(64, 3, 16, 16))])
+    model.prepare([dict(inputs=torch.randn(64, 3, 16, 16))])
     return model.train()
 
 
@@ -37,7 +37,7 @@ def warnings_seen(monkeypatch):
 
 def _compare(model, x, samples):
     ref = copy.deepcopy(model)
-    ref._compiler = None
+    ref.set_compile_cfg(None)
     for _ in range(2):
         got = _loss_and_grads(model, x, samples)
         want = _loss_and_grads(ref, x, samples)
@@ -57,8 +57,8 @@ def test_compiled_backbones_match_eager(warnings_seen):
     model = _stage1(compile_cfg=dict(backend='aot_eager'))
     x, samples = _batch()
     _compare(model, x, samples)
-    assert not model._compiler.failed and not warnings_seen
-    assert model._compiler._probed == {'student.backbone'}
+    assert not model.compiler.failed and not warnings_seen
+    assert model.compiler.probed == {'student.backbone'}
     # traced as one graph per backbone: no graph break (mmpretrain's numpy
     # drop-path rates are made Python floats)
     assert torch._dynamo.utils.counters['graph_break'] == {}
@@ -91,7 +91,7 @@ def test_compile_failure_falls_back_with_one_warning(where, warnings_seen):
     model = _stage1(compile_cfg=dict(backend=backend))
     x, samples = _batch()
     _compare(model, x, samples)  # trains and evaluates eagerly
-    assert model._compiler.failed
+    assert model.compiler.failed
     assert len(warnings_seen) == 1
     msg = warnings_seen[0]
     assert 'student.backbone' in msg and 'eagerly' in msg
@@ -118,8 +118,8 @@ def test_compiled_detector_trains_through_the_runner(
     cfg.model.compile_cfg = dict(backend='aot_eager')
     runner = Runner.from_cfg(cfg)
     runner.train()
-    comp = runner.model._compiler
+    comp = runner.model.compiler
     assert not comp.failed and not warnings_seen
-    assert comp._probed == {'student.backbone'}
+    assert comp.probed == {'student.backbone'}
     assert runner.model.stage == 2
     assert (tmp_path / 'gplq_w4a4.pth').exists()

@@ -8,7 +8,8 @@ from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401
 from gplq_mm.quant import QuantConv2d, QuantLinear, iter_quantizers
-from tests.helpers import det_fp_cfg, gplq_det_cfg
+from gplq_mm.utils import mmengine_checkpoint_globals
+from tests.helpers import det_fp_cfg, gplq_det_cfg, load_ckpt
 
 
 def _build(root, scope='backbone', checkpoint=None):
@@ -109,7 +110,8 @@ def test_gplq_run_and_reload_into_test(digit_coco_root, det_fp_checkpoint,
                             scope=scope)
     test_cfg.load_from = str(tmp_path / 'gplq_w4a4.pth')
     tester = Runner.from_cfg(test_cfg)
-    metrics = tester.test()
+    with mmengine_checkpoint_globals():
+        metrics = tester.test()
     assert tester.model.stage == 2
     assert {'coco/bbox_mAP', 'coco/segm_mAP'} <= set(metrics)
     for (n, a), (_, b) in zip(runner.model.student.state_dict().items(),
@@ -130,8 +132,9 @@ def test_resume_continues_stage1(digit_coco_root, det_fp_checkpoint,
     resumed = Runner.from_cfg(cfg)
     calls = []
     resumed.model.calibrate = lambda *a: calls.append('calibrate')
-    resumed.train()
+    with mmengine_checkpoint_globals():
+        resumed.train()
     assert calls == [] and resumed.epoch == 2
     assert resumed.model.stage == 1
-    state = torch.load(tmp_path / 'epoch_2.pth')['state_dict']
+    state = load_ckpt(tmp_path / 'epoch_2.pth')['state_dict']
     assert int(state['gplq_stage']) == 1

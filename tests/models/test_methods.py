@@ -8,7 +8,8 @@ from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401
 from gplq_mm.quant import iter_quantizers
-from gplq_mm.quant.functional import log2_fake_quant, qrange
+from gplq_mm.models.methods import METHODS, MethodRecipe
+from gplq_mm.quant.functional import qrange
 from tests.helpers import ARCH, gplq_cfg
 
 
@@ -27,8 +28,20 @@ def _calibrated(method, ckpt):
 
 
 def test_unknown_method():
-    with pytest.raises(ValueError, match="method='awq' is not allowed"):
+    with pytest.raises(ValueError,
+                       match=r"method='awq' is not allowed.*'gplq'"):
         _build('awq')
+
+
+def test_recipes_are_validated_and_frozen():
+    with pytest.raises(ValueError, match=r'clip=\(1\.5,\)'):
+        MethodRecipe(clip=(1.5, ))
+    with pytest.raises(ValueError, match='weights_in_stage1=True needs'):
+        MethodRecipe(trains=False, weights_in_stage1=True)
+    with pytest.raises(AttributeError):
+        METHODS['gplq'].trains = False
+    assert [m for m, r in METHODS.items() if not r.trains] == \
+        ['minmax-ptq', 'repq-ptq']
 
 
 def test_qat_quantizes_weights_in_training_gplq_does_not(fp_checkpoint):
@@ -40,7 +53,7 @@ def test_qat_quantizes_weights_in_training_gplq_does_not(fp_checkpoint):
         from mmpretrain.structures import DataSample
         x = torch.randn(4, 3, 16, 16)
         samples = [DataSample().set_gt_label(i) for i in range(4)]
-        model.fit_pca([dict(inputs=torch.randn(64, 3, 16, 16))])
+        model.prepare([dict(inputs=torch.randn(64, 3, 16, 16))])
         sum(model.loss(x, samples).values()).backward()
         grads = [q.step.grad is not None for q in wq]
         assert all(grads) if weights_on else not any(grads), method
@@ -77,17 +90,6 @@ def test_repq_uses_log2_softmax_and_reparameterizes(fp_checkpoint):
     float_model.eval()
     x = torch.randn(2, 3, 16, 16)
     assert torch.allclose(model(x), float_model(x), atol=1e-4)
-
-
-def test_log2_grid():
-    s = torch.tensor([0.5])
-    x = torch.tensor([0.5, 0.3, 0.2, 0.125, 0.06, 0.0])
-    # 3 bits: codes 0.5 * 2^-k, k = 0..6, and 0
-    out = log2_fake_quant(x, s, bits=3)
-    assert torch.equal(out, torch.tensor([0.5, 0.25, 0.25, 0.125, 0.0625,
-                                          0.0]))
-    tiny = log2_fake_quant(torch.tensor([0.5 * 2**-6, 0.5 * 2**-7]), s, 3)
-    assert torch.equal(tiny, torch.tensor([0.5 * 2**-6, 0.0]))
 
 
 def test_ptq_methods_skip_training(digits_root, fp_checkpoint, tmp_path):

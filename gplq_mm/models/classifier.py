@@ -1,0 +1,88 @@
+"""GPLQ for mmpretrain image classifiers."""
+from typing import Dict, Iterable, Optional
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.registry import MODELS
+
+from ..quant.hosts import head_feature_dim
+from .base import GPLQModel
+from .pca import PCAProjector
+
+__all__ = ['GPLQClassifier']
+
+
+@MODELS.register_module()
+class GPLQClassifier(GPLQModel):
+    """GPLQ for an mmpretrain ``ImageClassifier``.
+
+    Stage-1 loss: the head's task loss (``loss_cls``) plus
+    ``alpha * L_PCA`` (``loss_pca``) between the student's and the frozen
+    teacher's penultimate features (the pre-logits the head consumes; DeiT's
+    class and distillation tokens concatenated).
+
+    Args:
+        alpha (float): Weight of L_PCA; 0 disables it. Defaults to 1.0.
+        pca_cfg (dict): ``threshold`` (explained-variance ratio, 0.6) and
+            ``multiple`` (32) for the kept dimension.
+        **kwargs: See :class:`GPLQModel`.
+    """
+
+    def __init__(self, *args, alpha: float = 1.0,
+                 pca_cfg: Optional[dict] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.alpha = float(alpha)
+        self.pca = PCAProjector(head_feature_dim(self.student.head),
+                                **dict(pca_cfg or {}))
+
+    def _check_architecture(self, model: nn.Module) -> None:
+        from mmpretrain.models import ImageClassifier
+        if not isinstance(model, ImageClassifier):
+            raise TypeError(
+                'GPLQClassifier.architecture must build an mmpretrain '
+                f'ImageClassifier; it built {type(model).__name__}')
+
+    @staticmethod
+    def _pre_logits(model: nn.Module, feats) -> torch.Tensor:
+        f = model.head.pre_logits(feats)
+        return torch.cat(f, dim=-1) if isinstance(f, (tuple, list)) else f
+
+    @torch.no_grad()
+    def teacher_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self._pre_logits(self.teacher,
+                                self.teacher.extract_feat(inputs))
+
+    @property
+    def needs_prepare(self) -> bool:
+        """L_PCA is on, the method trains and the PCA is not fitted yet."""
+        return self.alpha > 0 and self.trains and not bool(self.pca.fitted)
+
+    @torch.no_grad()
+    def prepare(self, batches: Iterable[dict]) -> dict:
+        """Fit the PCA of the teacher's penultimate features."""
+        n = 0
+        for data in batches:
+            self.pca.update(self.teacher_features(data['inputs']))
+            n += len(data['inputs'])
+        k = self.pca.fit()
+        ev = float(self.pca.explained[:k].sum())
+        print_log(f'GPLQ: PCA of the teacher features on {n} images: kept '
+                  f'{k}/{self.pca.dim} dims, {ev:.1%} of the variance',
+                  logger='current')
+        return dict(pca_dim=k, pca_explained=ev)
+
+    def loss(self, inputs: torch.Tensor, data_samples) -> Dict:
+        feats = self.student.extract_feat(inputs)
+        losses = self.student.head.loss(feats, data_samples)
+        losses = {('loss_cls' if k == 'loss' else k): v
+                  for k, v in losses.items()}
+        if self.alpha > 0:
+            if not bool(self.pca.fitted):
+                raise RuntimeError('L_PCA is on (alpha > 0) but the PCA is '
+                                   'not fitted; GPLQHook fits it before '
+                                   'training')
+            f_t = self.teacher_features(inputs)
+            f_s = self._pre_logits(self.student, feats)
+            losses['loss_pca'] = self.alpha * self.pca(f_s, f_t)
+        return losses
