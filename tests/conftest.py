@@ -1,17 +1,14 @@
 import os
-import sys
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
 torch.set_num_threads(2)
 
 
 @pytest.fixture(scope='session')
 def digits_root(tmp_path_factory):
-    from make_digits import make_digits
+    from gplq_mm.demo import make_digits
     root = str(tmp_path_factory.mktemp('digits'))
     make_digits(root, size=16)
     return root
@@ -32,7 +29,7 @@ def fp_checkpoint(digits_root, tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def digit_coco_root(tmp_path_factory):
-    from make_digit_coco import make_digit_coco
+    from gplq_mm.demo import make_digit_coco
     root = str(tmp_path_factory.mktemp('digit_coco'))
     make_digit_coco(root, n_train=8, n_val=4)
     return root

@@ -15,16 +15,16 @@ import json
 import os
 import os.path as osp
 
-import demo_cls
-import demo_det
-from demo_cls import ROOT, run
+from gplq_mm.demo.runs import (CLS_FP_CFG, CLS_GPLQ_CFG, DET_FP_CFG,
+                               DET_GPLQ_CFG, ROOT, cls_fp_model, det_fp_model,
+                               run)
 
 METHODS = ('minmax-ptq', 'repq-ptq', 'qat-w4a4', 'gplq-no-qwt', 'gplq')
 TASKS = dict(
-    cls=dict(fp_cfg=demo_cls.FP_CFG, cfg=demo_cls.GPLQ_CFG,
-             fp_model=demo_cls.fp_model, metrics=('accuracy/top1', )),
-    det=dict(fp_cfg=demo_det.FP_CFG, cfg=demo_det.GPLQ_CFG['full'],
-             fp_model=demo_det.fp_model,
+    cls=dict(fp_cfg=CLS_FP_CFG, cfg=CLS_GPLQ_CFG, fp_model=cls_fp_model,
+             metrics=('accuracy/top1', )),
+    det=dict(fp_cfg=DET_FP_CFG, cfg=DET_GPLQ_CFG['full'],
+             fp_model=det_fp_model,
              metrics=('coco/bbox_mAP', 'coco/segm_mAP')),
 )
 

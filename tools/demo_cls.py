@@ -15,45 +15,14 @@ import json
 import os
 import os.path as osp
 import shutil
-import subprocess
-import sys
-import time
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-FP_CFG = 'configs/demo/vit-tiny_digits_fp.py'
-GPLQ_CFG = 'configs/demo/gplq_vit-tiny_digits_w4a4.py'
-WORK = 'work_dirs/demo'
-
-
-def run(step, args):
-    """Run a tool in its own process; return (wall s, peak RSS MiB)."""
-    print(f'\n==> {step}: {" ".join(args)}', flush=True)
-    t = time.time()
-    proc = subprocess.Popen([sys.executable] + args, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        sys.exit(f'demo: step "{step}" failed (exit {proc.returncode})')
-    return time.time() - t, usage.ru_maxrss / 1024
+from gplq_mm.demo.runs import (CLS_FP_CFG, CLS_GPLQ_CFG, ROOT, WORK,
+                               cls_fp_model, run)
 
 
 def top1(path):
     with open(path) as f:
         return json.load(f)['accuracy/top1']
-
-
-def fp_model(cost: dict) -> str:
-    """The digits dataset and the float ViT (made when missing)."""
-    os.makedirs(WORK, exist_ok=True)
-    if not osp.isfile('data/digits/meta/val.txt'):
-        from make_digits import make_digits
-        print('==> dataset:', make_digits('data/digits'))
-    fp_ckpt = f'{WORK}/fp/epoch_60.pth'
-    if not osp.isfile(fp_ckpt):
-        cost['FP32 training'] = run('train FP32 ViT', [
-            'tools/train.py', FP_CFG, '--work-dir', f'{WORK}/fp'])
-    return fp_ckpt
 
 
 def main():
@@ -64,20 +33,20 @@ def main():
     if args.force:
         shutil.rmtree(WORK, ignore_errors=True)
     cost = {}
-    fp_ckpt = fp_model(cost)
+    fp_ckpt = cls_fp_model(cost)
     n_val = sum(1 for _ in open('data/digits/meta/val.txt'))
     gplq_dir = f'{WORK}/gplq'
     if not osp.isfile(f'{gplq_dir}/gplq_w4a4.pth'):
         cost['GPLQ (Stage 1 + 2)'] = run('GPLQ W4A4', [
-            'tools/train.py', GPLQ_CFG, '--work-dir', gplq_dir,
+            'tools/train.py', CLS_GPLQ_CFG, '--work-dir', gplq_dir,
             '--cfg-options', f'model.checkpoint={fp_ckpt}'])
     stage1_ckpt = f'{gplq_dir}/epoch_5.pth'
     evals = [
-        ('FP32', FP_CFG, fp_ckpt, []),
-        ('Stage 1 (W32A4)', GPLQ_CFG, stage1_ckpt, []),
-        ('W4A4, no QwT', GPLQ_CFG, f'{gplq_dir}/gplq_w4a4.pth',
+        ('FP32', CLS_FP_CFG, fp_ckpt, []),
+        ('Stage 1 (W32A4)', CLS_GPLQ_CFG, stage1_ckpt, []),
+        ('W4A4, no QwT', CLS_GPLQ_CFG, f'{gplq_dir}/gplq_w4a4.pth',
          ['--cfg-options', 'model.use_qwt=False']),
-        ('W4A4 (GPLQ)', GPLQ_CFG, f'{gplq_dir}/gplq_w4a4.pth', []),
+        ('W4A4 (GPLQ)', CLS_GPLQ_CFG, f'{gplq_dir}/gplq_w4a4.pth', []),
     ]
     rows = []
     for i, (name, cfg, ckpt, extra) in enumerate(evals):

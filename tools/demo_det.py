@@ -16,33 +16,11 @@ import json
 import os
 import os.path as osp
 import shutil
-import sys
 
-from demo_cls import ROOT, run
-
-FP_CFG = 'configs/demo/mask-rcnn_swin-tiny_digits_fp.py'
-GPLQ_CFG = {
-    'backbone': 'configs/demo/gplq_mask-rcnn_swin-tiny_digits_w4a4.py',
-    'full': 'configs/demo/gplq_mask-rcnn_swin-tiny_digits_w4a4_full.py',
-}
-WORK = 'work_dirs/demo'
-
+from gplq_mm.demo.runs import (DET_FP_CFG, DET_GPLQ_CFG, ROOT, WORK,
+                               det_fp_model, run)
 
 FP_DIR = f'{WORK}/det_fp'
-
-
-def fp_model(cost: dict) -> str:
-    """The digit-canvas COCO set and the float detector (made when
-    missing)."""
-    os.makedirs(WORK, exist_ok=True)
-    if not osp.isfile('data/digit_coco/annotations/instances_val.json'):
-        from make_digit_coco import make_digit_coco
-        print('==> dataset:', make_digit_coco('data/digit_coco'))
-    fp_ckpt = f'{FP_DIR}/epoch_24.pth'
-    if not osp.isfile(fp_ckpt):
-        cost['FP32 training'] = run('train FP32 Mask R-CNN', [
-            'tools/train.py', FP_CFG, '--work-dir', FP_DIR])
-    return fp_ckpt
 
 
 def main():
@@ -51,13 +29,13 @@ def main():
     args = p.parse_args()
     os.chdir(ROOT)
     if args.force:
-        for d in [FP_DIR] + [f'{WORK}/det_gplq_{s}' for s in GPLQ_CFG]:
+        for d in [FP_DIR] + [f'{WORK}/det_gplq_{s}' for s in DET_GPLQ_CFG]:
             shutil.rmtree(d, ignore_errors=True)
     cost = {}
-    fp_ckpt = fp_model(cost)
+    fp_ckpt = det_fp_model(cost)
     val = json.load(open('data/digit_coco/annotations/instances_val.json'))
-    evals = [('FP32', FP_CFG, fp_ckpt, None)]
-    for scope, cfg in GPLQ_CFG.items():
+    evals = [('FP32', DET_FP_CFG, fp_ckpt, None)]
+    for scope, cfg in DET_GPLQ_CFG.items():
         work = f'{WORK}/det_gplq_{scope}'
         if not osp.isfile(f'{work}/gplq_w4a4.pth'):
             cost[f'GPLQ {scope} (Stage 1 + 2)'] = run(
@@ -86,7 +64,7 @@ def main():
         print(f"| {r['model']} | {100 * r['bbox_mAP']:.1f} | "
               f"{100 * r['segm_mAP']:.1f} |")
     stats = {}
-    for scope in GPLQ_CFG:
+    for scope in DET_GPLQ_CFG:
         path = f'{WORK}/det_gplq_{scope}/gplq_stats.json'
         if osp.isfile(path):
             stats[scope] = json.load(open(path))

@@ -1,0 +1,66 @@
+"""What the demo and benchmark tools share: the repository's demo configs,
+the float models they start from, and running a tool as its own process.
+
+The configs live in the repository (``configs/demo/``), so these helpers
+work from a source checkout (``pip install -e .``), as the tools do.
+"""
+import os
+import os.path as osp
+import subprocess
+import sys
+import time
+from typing import Tuple
+
+from .data import make_digit_coco, make_digits
+
+__all__ = ['ROOT', 'WORK', 'CLS_FP_CFG', 'CLS_GPLQ_CFG', 'DET_FP_CFG',
+           'DET_GPLQ_CFG', 'run', 'cls_fp_model', 'det_fp_model']
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+WORK = 'work_dirs/demo'
+CLS_FP_CFG = 'configs/demo/vit-tiny_digits_fp.py'
+CLS_GPLQ_CFG = 'configs/demo/gplq_vit-tiny_digits_w4a4.py'
+DET_FP_CFG = 'configs/demo/mask-rcnn_swin-tiny_digits_fp.py'
+DET_GPLQ_CFG = {
+    'backbone': 'configs/demo/gplq_mask-rcnn_swin-tiny_digits_w4a4.py',
+    'full': 'configs/demo/gplq_mask-rcnn_swin-tiny_digits_w4a4_full.py',
+}
+
+
+def run(step: str, args: list) -> Tuple[float, float]:
+    """Run ``python <args>`` from the repository root in its own process;
+    exit on failure; return (wall s, peak RSS MiB)."""
+    print(f'\n==> {step}: {" ".join(args)}', flush=True)
+    t = time.time()
+    proc = subprocess.Popen([sys.executable] + args, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        sys.exit(f'demo: step "{step}" failed (exit {code})')
+    return time.time() - t, usage.ru_maxrss / 1024
+
+
+def cls_fp_model(cost: dict) -> str:
+    """The digits dataset and the float ViT (made when missing); returns
+    the checkpoint. Paths are relative to :data:`ROOT`."""
+    os.makedirs(WORK, exist_ok=True)
+    if not osp.isfile('data/digits/meta/val.txt'):
+        print('==> dataset:', make_digits('data/digits'))
+    fp_ckpt = f'{WORK}/fp/epoch_60.pth'
+    if not osp.isfile(fp_ckpt):
+        cost['FP32 training'] = run('train FP32 ViT', [
+            'tools/train.py', CLS_FP_CFG, '--work-dir', f'{WORK}/fp'])
+    return fp_ckpt
+
+
+def det_fp_model(cost: dict) -> str:
+    """The digit-canvas COCO set and the float detector (made when
+    missing); returns the checkpoint."""
+    os.makedirs(WORK, exist_ok=True)
+    if not osp.isfile('data/digit_coco/annotations/instances_val.json'):
+        print('==> dataset:', make_digit_coco('data/digit_coco'))
+    fp_ckpt = f'{WORK}/det_fp/epoch_24.pth'
+    if not osp.isfile(fp_ckpt):
+        cost['FP32 training'] = run('train FP32 Mask R-CNN', [
+            'tools/train.py', DET_FP_CFG, '--work-dir', f'{WORK}/det_fp'])
+    return fp_ckpt
