@@ -1,42 +1,82 @@
+"""The shipped configs, checked through what they build."""
 import glob
 import os.path as osp
 
 import pytest
 import torch
+import torch.nn as nn
 from mmengine.config import Config
-from mmengine.registry import MODELS, DefaultScope
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import HOOKS, MODELS, DefaultScope
 
 import gplq_mm  # noqa: F401
-from gplq_mm.quant import iter_quantizers
+from gplq_mm.quant import QuantConv2d, QuantLinear, iter_quantizers
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'gplq', '*.py')))
+CLS = sorted(glob.glob(osp.join(ROOT, 'configs', 'gplq', '*.py')))
+DET = sorted(glob.glob(osp.join(ROOT, 'configs', 'gplq_det', 'gplq_*.py')))
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)
-def test_config_is_the_paper_recipe(path):
+@pytest.mark.parametrize('path', CLS + DET, ids=osp.basename)
+def test_config_builds_the_paper_recipe(path):
+    """AdamW at a constant 5e-6 without weight decay, no scheduler, one
+    epoch, the GPLQ hook with the paper's image counts, the GPLQ model of
+    its task around the host's architecture."""
     cfg = Config.fromfile(path)
-    assert cfg.model.type == 'GPLQClassifier'
-    assert cfg.model.checkpoint.startswith('https://download.openmmlab.com')
-    bits = 3 if 'w3a3' in path else 4
-    assert cfg.model.quant_cfg == dict(w_bits=bits, a_bits=bits)
-    assert cfg.optim_wrapper.optimizer == dict(type='AdamW', lr=5e-6,
-                                               weight_decay=0.0)
-    assert cfg.param_scheduler == [] and cfg.train_cfg.max_epochs == 1
-    assert cfg.train_dataloader.batch_size == 16
-    assert cfg.custom_hooks[0].type == 'GPLQHook'
+    det = '/gplq_det/' in path
+    optim = build_optim_wrapper(nn.Linear(2, 2), cfg.optim_wrapper)
+    assert type(optim.optimizer) is torch.optim.AdamW
+    assert [(g['lr'], g['weight_decay'])
+            for g in optim.optimizer.param_groups] == [(5e-6, 0.0)]
+    assert cfg.param_scheduler == []
+    assert cfg.train_cfg.max_epochs == 1
+    assert cfg.train_dataloader.batch_size == (1 if det else 16)
+    hooks = [HOOKS.build(h) for h in cfg.custom_hooks]
+    assert [type(h).__name__ for h in hooks] == ['GPLQHook']
+    assert (hooks[0].calib_images, hooks[0].ptq_images) == (256, 512)
+    if det:
+        from mmdet.registry import MODELS as HOST_MODELS
+        from mmdet.utils import register_all_modules
+    else:
+        from mmpretrain.registry import MODELS as HOST_MODELS
+        from mmpretrain.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    wrapper = MODELS.get(cfg.model.type)
+    host = HOST_MODELS.get(cfg.model.architecture.type)
+    assert wrapper.__name__ == ('GPLQDetector' if det else 'GPLQClassifier')
+    assert host.__name__ in (('CascadeRCNN', 'MaskRCNN') if det else
+                             ('ImageClassifier', ))
+    if det:
+        assert cfg.model.scope == ('full' if path.endswith('_full.py') else
+                                   'backbone')
+    else:
+        assert hooks[0].pca_images == 10000
 
 
-@pytest.mark.parametrize('name', ['deit-s-distilled', 'swin-t'])
+def _bits(model):
+    """{(role, bits)} of the student's quantizers outside the patch
+    embedding."""
+    return {(q.role, q.bits) for n, q in iter_quantizers(model.student)
+            if 'patch_embed' not in n}
+
+
+@pytest.mark.parametrize('name', ['deit-s-distilled_8xb16_w4a4',
+                                  'swin-t_8xb16_w3a3'])
 def test_real_architectures_convert_and_run(name):
     cfg = Config.fromfile(
-        osp.join(ROOT, f'configs/gplq/gplq_{name}_8xb16_w4a4_in1k.py'))
+        osp.join(ROOT, f'configs/gplq/gplq_{name}_in1k.py'))
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = MODELS.build(cfg.model)
+    bits = 3 if 'w3a3' in name else 4
+    assert _bits(model) == {('act', bits), ('weight', bits)}
+    pe = [q.bits for n, q in iter_quantizers(model.student, 'act')
+          if 'patch_embed' in n]
+    assert pe == [8]
     qs = dict(iter_quantizers(model.student))
     assert any(n.endswith('p_quantizer') for n in qs)
+    assert not any(n.startswith('head') for n in qs)  # the head stays float
     # DeiT: class and distillation tokens (2 x 384); Swin-T: 768.
-    assert model.pca.dim == {'deit-s-distilled': 2 * 384, 'swin-t': 768}[name]
+    assert model.pca.dim == (768 if 'swin' in name else 2 * 384)
     x = torch.randn(1, 3, 224, 224)
     model.eval()
     with torch.no_grad():
@@ -45,36 +85,20 @@ def test_real_architectures_convert_and_run(name):
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
 
 
-DET_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'gplq_det',
-                                        'gplq_*.py')))
-
-
-@pytest.mark.parametrize('path', DET_CONFIGS, ids=osp.basename)
-def test_det_config_is_the_paper_recipe(path):
-    cfg = Config.fromfile(path)
-    assert cfg.model.type == 'GPLQDetector'
-    assert cfg.model.scope == ('full' if path.endswith('_full.py') else
-                               'backbone')
-    assert cfg.model.architecture.type == (
-        'CascadeRCNN' if 'cascade' in path else 'MaskRCNN')
-    assert cfg.model.architecture.backbone.type == 'SwinTransformer'
-    assert cfg.train_dataloader.batch_size == 1
-    assert cfg.optim_wrapper.optimizer.lr == 5e-6
-    assert cfg.param_scheduler == [] and cfg.train_cfg.max_epochs == 1
-
-
 @pytest.mark.parametrize('name', [
-    'gplq_mask-rcnn_swin-t-p4-w7_fpn_1x_coco_w4a4_full.py',
+    'gplq_mask-rcnn_swin-t-p4-w7_fpn_1x_coco_w4a4.py',
     'gplq_cascade-mask-rcnn_swin-t-p4-w7_fpn_ms-3x_coco_w4a4_full.py'
 ])
 def test_real_detectors_convert(name):
-    from gplq_mm.quant import QuantConv2d, QuantLinear
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'gplq_det', name))
     with DefaultScope.overwrite_default_scope('mmdet'):
         model = MODELS.build(cfg.model)
     kinds = {n.split('.')[0] for n, m in model.student.named_modules()
              if isinstance(m, (QuantConv2d, QuantLinear))}
-    assert kinds == {'backbone', 'neck', 'rpn_head', 'roi_head'}
+    full = name.endswith('_full.py')
+    assert kinds == ({'backbone', 'neck', 'rpn_head', 'roi_head'} if full
+                     else {'backbone'})
+    assert _bits(model) == {('act', 4), ('weight', 4)}
     if cfg.model.checkpoint is None:  # cascade: no official mmdet 3 weights
         with pytest.raises(ValueError, match='checkpoint is not set'):
             model.init_weights()

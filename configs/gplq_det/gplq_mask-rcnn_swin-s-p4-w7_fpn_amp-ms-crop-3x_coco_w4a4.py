@@ -1,31 +1,13 @@
 # GPLQ W4A4 for mask-rcnn_swin-s-p4-w7_fpn_amp-ms-crop-3x on COCO (FP32 48.5 / 43.3, GPLQ W4A4 43.4 / 41.3 (paper)).
-# scope='backbone': the Swin backbone is quantized.
+# scope='backbone' quantizes the Swin backbone; the *_full.py variant the
+# whole detector. Recipe: gplq_mm.recipes.detection.
 #   bash tools/dist_train.sh configs/gplq_det/gplq_mask-rcnn_swin-s-p4-w7_fpn_amp-ms-crop-3x_coco_w4a4.py 8
 #   bash tools/dist_test.sh configs/gplq_det/gplq_mask-rcnn_swin-s-p4-w7_fpn_amp-ms-crop-3x_coco_w4a4.py \
 #       work_dirs/gplq_mask-rcnn_swin-s-p4-w7_fpn_amp-ms-crop-3x_coco_w4a4/gplq_w4a4.pth 8
 _base_ = 'mmdet::swin/mask-rcnn_swin-s-p4-w7_fpn_amp-ms-crop-3x_coco.py'
-custom_imports = dict(imports=['gplq_mm'], allow_failed_imports=False)
+from gplq_mm.recipes import detection  # noqa: E402
 
-model = dict(
-    _delete_=True,
-    type='GPLQDetector',
-    architecture={{_base_.model}},
-    # The pretrained FP32 detector: teacher and starting point.
-    # Another local path works: --cfg-options model.checkpoint=/path.pth
+globals().update(detection(
+    _base_,
     checkpoint='https://download.openmmlab.com/mmdetection/v2.0/swin/mask_rcnn_swin-s-p4-w7_fpn_fp16_ms-crop-3x_coco/mask_rcnn_swin-s-p4-w7_fpn_fp16_ms-crop-3x_coco_20210903_104808-b92c91f1.pth',
-    scope='backbone',
-    quant_cfg=dict(w_bits=4, a_bits=4))  # patch-embed input: 8 bits
-
-# Paper recipe: the detector's own loss, AdamW, constant LR 5e-6, 1 image per
-# GPU, 1 epoch of train2017 (8 GPUs; fewer GPUs: see configs/gplq/ for the LR
-# table).
-train_dataloader = dict(batch_size=1)
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=5e-6, weight_decay=0.0))
-param_scheduler = []
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=1, val_interval=1)
-default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1))
-custom_hooks = [dict(type='GPLQHook', calib_images=256, ptq_images=512)]
+    lr=5e-6))  # 8 GPUs x 1 image; other GPU counts: README "Configs"
