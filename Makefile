@@ -12,7 +12,7 @@ $(STAMP): requirements.txt setup.py tools/setup_env.sh
 env: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(PY) tools/demo_cls.py
