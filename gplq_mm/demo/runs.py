@@ -40,27 +40,32 @@ def run(step: str, args: list) -> Tuple[float, float]:
     return time.time() - t, usage.ru_maxrss / 1024
 
 
+def _fp_model(cost: dict, data_file: str, make_data, step: str, cfg: str,
+              work_dir: str, last_epoch: int) -> str:
+    """Make the dataset when ``data_file`` is missing and train the float
+    model when its last checkpoint is; return that checkpoint."""
+    os.makedirs(WORK, exist_ok=True)
+    if not osp.isfile(data_file):
+        print('==> dataset:', make_data())
+    fp_ckpt = f'{work_dir}/epoch_{last_epoch}.pth'
+    if not osp.isfile(fp_ckpt):
+        cost['FP32 training'] = run(step, ['tools/train.py', cfg,
+                                           '--work-dir', work_dir])
+    return fp_ckpt
+
+
 def cls_fp_model(cost: dict) -> str:
     """The digits dataset and the float ViT (made when missing); returns
     the checkpoint. Paths are relative to :data:`ROOT`."""
-    os.makedirs(WORK, exist_ok=True)
-    if not osp.isfile('data/digits/meta/val.txt'):
-        print('==> dataset:', make_digits('data/digits'))
-    fp_ckpt = f'{WORK}/fp/epoch_60.pth'
-    if not osp.isfile(fp_ckpt):
-        cost['FP32 training'] = run('train FP32 ViT', [
-            'tools/train.py', CLS_FP_CFG, '--work-dir', f'{WORK}/fp'])
-    return fp_ckpt
+    return _fp_model(cost, 'data/digits/meta/val.txt',
+                     lambda: make_digits('data/digits'), 'train FP32 ViT',
+                     CLS_FP_CFG, f'{WORK}/fp', 60)
 
 
 def det_fp_model(cost: dict) -> str:
     """The digit-canvas COCO set and the float detector (made when
     missing); returns the checkpoint."""
-    os.makedirs(WORK, exist_ok=True)
-    if not osp.isfile('data/digit_coco/annotations/instances_val.json'):
-        print('==> dataset:', make_digit_coco('data/digit_coco'))
-    fp_ckpt = f'{WORK}/det_fp/epoch_24.pth'
-    if not osp.isfile(fp_ckpt):
-        cost['FP32 training'] = run('train FP32 Mask R-CNN', [
-            'tools/train.py', DET_FP_CFG, '--work-dir', f'{WORK}/det_fp'])
-    return fp_ckpt
+    return _fp_model(cost, 'data/digit_coco/annotations/instances_val.json',
+                     lambda: make_digit_coco('data/digit_coco'),
+                     'train FP32 Mask R-CNN', DET_FP_CFG, f'{WORK}/det_fp',
+                     24)

@@ -4,7 +4,37 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ['prepare_launch', 'finish_launch']
+__all__ = ['add_runner_args', 'runner_config', 'prepare_launch',
+           'finish_launch']
+
+
+def add_runner_args(parser) -> None:
+    """The arguments tools/train.py and tools/test.py share (as mmpretrain's
+    and mmdet's tools spell them)."""
+    from mmengine.config import DictAction
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def runner_config(args):
+    """The config of ``args.config`` with ``--cfg-options``, the launcher and
+    the work dir applied (default ``./work_dirs/<config name>``)."""
+    from mmengine.config import Config
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = os.path.join(
+            './work_dirs', os.path.splitext(os.path.basename(args.config))[0])
+    return cfg
 
 
 def prepare_launch(cfg) -> None:
