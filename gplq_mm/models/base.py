@@ -14,6 +14,7 @@ from mmengine.runner import load_checkpoint
 from ..quant import (QuantConfig, calibration, convert, fit_qwt,
                      quantize_weights, qwt_blocks, set_quant_state)
 from ..quant.hosts import ln_linear_pairs
+from ..quant.qwt import compensator
 from ..quant.repq import reparameterize
 from ..utils.checkpoint import mmengine_checkpoint_globals
 from .compile import CompiledRegions
@@ -141,6 +142,10 @@ class GPLQModel(BaseModel):
         return self._teacher
 
     def _apply(self, fn, *args, **kwargs):
+        # The teacher is deliberately not a submodule (never saved,
+        # optimized or DDP-synced); nn.Module has no public seam through
+        # which .to() / .cuda() / .half() reach such a module, so they reach
+        # it here, the one place.
         super()._apply(fn, *args, **kwargs)
         self._teacher._apply(fn, *args, **kwargs)
         return self
@@ -162,8 +167,9 @@ class GPLQModel(BaseModel):
                                 and self.recipe.weights_in_stage1)
         set_quant_state(self.student, weight=weight, act=stage >= 1)
         for _, block in qwt_blocks(self.student, self.quant_cfg):
-            if 'qwt' in block._modules:
-                block.qwt.enabled = self.use_qwt
+            comp = compensator(block)
+            if comp is not None:
+                comp.enabled = self.use_qwt
 
     # -- weights ------------------------------------------------------------
     def init_weights(self) -> None:

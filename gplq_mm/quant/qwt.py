@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from .hosts import block_width
 
-__all__ = ['QwTCompensator', 'attach_compensator', 'detach_compensator',
+__all__ = ['QwTCompensator', 'compensator', 'attach_compensator',
+           'detach_compensator',
            'QwTStats', 'fit_qwt']
 
 
@@ -60,11 +61,17 @@ def _compensate(block: nn.Module, args: tuple, output: torch.Tensor):
     return output + comp(args[0]) if comp.on else output
 
 
+def compensator(block: nn.Module) -> Optional[QwTCompensator]:
+    """``block``'s compensator, or None."""
+    comp = getattr(block, 'qwt', None)
+    return comp if isinstance(comp, QwTCompensator) else None
+
+
 def attach_compensator(block: nn.Module) -> QwTCompensator:
     """Add ``block.qwt`` and the forward hook that applies it
     (idempotent). The block must be registered in
     :mod:`gplq_mm.quant.hosts` (its width comes from there)."""
-    if isinstance(getattr(block, 'qwt', None), QwTCompensator):
+    if compensator(block) is not None:
         return block.qwt
     comp = QwTCompensator(block_width(block),
                           device=next(block.parameters()).device)
@@ -75,8 +82,8 @@ def attach_compensator(block: nn.Module) -> QwTCompensator:
 
 def detach_compensator(block: nn.Module) -> None:
     """Undo :func:`attach_compensator` (no-op for other modules)."""
-    comp = getattr(block, 'qwt', None)
-    if isinstance(comp, QwTCompensator):
+    comp = compensator(block)
+    if comp is not None:
         comp.handle.remove()
         del block.qwt
 

@@ -25,9 +25,9 @@ __all__ = ['allow_mmengine_checkpoints', 'mmengine_checkpoint_globals']
 
 
 def _history_buffer_getattr(obj, name: str, *default):
-    allowed = {'min', 'max', 'current', 'mean'}
-    allowed |= set(HistoryBuffer._statistics_methods)
-    if obj is HistoryBuffer and name in allowed:
+    # mmengine's own statistics (a statistic registered by user code with
+    # HistoryBuffer.register_statistics is refused, with this message).
+    if obj is HistoryBuffer and name in ('min', 'max', 'current', 'mean'):
         return getattr(obj, name)
     raise RuntimeError(
         f'checkpoint asks for getattr({obj!r}, {name!r}); gplq_mm only allows '
