@@ -210,7 +210,8 @@ def qwt_blocks(model: nn.Module, config=None):
 def revert(model: nn.Module) -> nn.Module:
     """Undo :func:`convert`: float module types, Parameters kept."""
     for mod in list(model.modules()):
-        seam = find_attention_seam(mod) if not is_quant_layer(mod) else None
+        seam = None if is_quant_layer(mod) else find_attention_seam(
+            mod, strict=False)
         if seam is not None:
             seam.revert(mod)
         detach_compensator(mod)

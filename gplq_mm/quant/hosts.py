@@ -78,17 +78,18 @@ def _lookup(mod: nn.Module, kind: str):
     return None
 
 
-def find_attention_seam(mod: nn.Module) -> Optional[Seam]:
+def find_attention_seam(mod: nn.Module,
+                        strict: bool = True) -> Optional[Seam]:
     """The seam of ``mod`` if it is a registered attention; None for
     anything else, registered wrappers included.
 
     Raises:
-        ValueError: ``mod`` looks like attention (``nn.MultiheadAttention``,
-            or a module with ``num_heads`` and a ``qkv`` Linear) but no host
-            registers it.
+        ValueError: with ``strict``, when ``mod`` looks like attention
+            (``nn.MultiheadAttention``, or a module with ``num_heads`` and a
+            ``qkv`` Linear) but no host registers it.
     """
     seam = _lookup(mod, 'attention')
-    if seam is not None or _lookup(mod, 'wrappers'):
+    if seam is not None or _lookup(mod, 'wrappers') or not strict:
         return seam
     looks_like = isinstance(mod, nn.MultiheadAttention) or (
         hasattr(mod, 'num_heads') and isinstance(

@@ -67,6 +67,8 @@ def test_unregistered_attention_is_named():
         convert(model)
     convert(model, dict(exclude=['1']))  # excluded: fine
     assert type(model[1].qkv) is nn.Linear
+    revert(model)
+    assert type(model[0]) is nn.Linear
 
 
 def test_adding_a_host_is_one_entry(monkeypatch):
