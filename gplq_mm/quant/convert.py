@@ -15,7 +15,7 @@ from .qwt import attach_compensator, detach_compensator
 from .quantizer import GRIDS, INIT_METHODS, FakeQuantizer
 
 __all__ = ['QuantConfig', 'convert', 'revert', 'set_quant_state',
-           'calibration', 'quantize_weights', 'qwt_blocks']
+           'calibration', 'composed_paths', 'quantize_weights', 'qwt_blocks']
 
 _BIT_FIELDS = ('w_bits', 'a_bits', 'attn_bits', 'patch_embed_bits')
 
@@ -249,6 +249,23 @@ def calibration(model: nn.Module, role: str = 'act'):
         raise
     for q in qs:
         q.finish_calibration()
+
+
+@contextlib.contextmanager
+def composed_paths(model: nn.Module):
+    """Within the block every quantizer is called by its site (the fused
+    Linear / q-k-v / attention functions stand aside), so forward hooks on
+    the quantizers see every quantized tensor. Same values up to float
+    rounding; slower and more memory in training."""
+    qs = [q for _, q in iter_quantizers(model)]
+    saved = [q.fuse for q in qs]
+    for q in qs:
+        q.fuse = False
+    try:
+        yield qs
+    finally:
+        for q, f in zip(qs, saved):
+            q.fuse = f
 
 
 @torch.no_grad()

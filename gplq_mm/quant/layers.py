@@ -176,14 +176,12 @@ class QuantQKV(QuantLinear):
         qs = self.operand_quantizers
         if self.deferred or not any(q.active for q in qs):
             return out
-        if any(q.observing for q in qs):
-            # (..., 3, heads, head_dim): each quantizer observes its third.
-            for q, part in zip(qs, out.unflatten(
-                    -1, (3, self.num_heads, -1)).unbind(-3)):
-                q(part)
-            return out
-        for q in qs:
-            q.check_ready()
+        if not all(q.fusable for q in qs):
+            # (..., 3, heads, head_dim): each quantizer on its third (also
+            # how they observe during calibration).
+            parts = out.unflatten(-1, (3, self.num_heads, -1)).unbind(-3)
+            return torch.stack([q(p) for q, p in zip(qs, parts)],
+                               dim=-3).flatten(-3)
         # One LSQ call over (..., 3 * groups, rest) with the three steps side
         # by side: the values and gradients of three calls, without a copy.
         step = torch.cat([q.step for q in qs])

@@ -83,6 +83,7 @@ class FakeQuantizer(nn.Module):
                              torch.zeros((), dtype=torch.bool, device=device))
         self.enabled = False
         self.observing = False
+        self.fuse = True  # fused kernels may take the step (composed_paths)
         self._ready = False  # python mirror of `initialized`, avoids syncs
         self._stats = None  # (lo, hi, batches) while observing
 
@@ -95,9 +96,10 @@ class FakeQuantizer(nn.Module):
     @property
     def fusable(self) -> bool:
         """Quantizing with a uniform LSQ grid now (enabled, initialized, not
-        observing): fused functions may take this quantizer's step."""
+        observing, ``fuse`` allowed): fused functions may take this
+        quantizer's step instead of calling it."""
         return (self.enabled and self._ready and not self.observing
-                and self.grid == 'uniform')
+                and self.fuse and self.grid == 'uniform')
 
     @property
     def active(self) -> bool:
