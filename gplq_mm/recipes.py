@@ -15,6 +15,7 @@ mmengine runs a text config as Python with the merged base config bound to
 into the host's like any child config's (``_delete_`` where the host's
 value is replaced). ``--cfg-options`` overrides the result as usual.
 """
+import importlib.util
 from typing import Optional
 
 __all__ = ['classification', 'detection']
@@ -37,8 +38,14 @@ def _common(lr: float, batch_size: int, hook: dict,
     if log_interval is not None:
         default_hooks['logger'] = dict(type='LoggerHook',
                                        interval=log_interval)
+    # The losses and the mean learned step go to every backend: scalars.json
+    # in the work dir, and TensorBoard when it is installed.
+    backends = [dict(type='LocalVisBackend')]
+    if importlib.util.find_spec('tensorboard') is not None:
+        backends.append(dict(type='TensorboardVisBackend'))
     return dict(
         custom_imports=dict(imports=['gplq_mm'], allow_failed_imports=False),
+        visualizer=dict(vis_backends=backends),
         train_dataloader=dict(batch_size=batch_size),
         optim_wrapper=optim_wrapper,
         param_scheduler=[],

@@ -6,7 +6,8 @@ and tools/test.py.
 3. runs GPLQ W4A4 on it (configs/demo/gplq_vit-tiny_digits_w4a4.py):
    Stage 1 then Stage 2, one tools/train.py call;
 4. evaluates FP32, Stage 1 (W32A4), W4A4 without and with QwT through
-   tools/test.py, prints a table and writes work_dirs/demo/cls_results.json.
+   tools/test.py, prints a table and writes work_dirs/demo/cls_results.json;
+5. writes the quantization report of the W4A4 model (tools/analyze.py).
 
 Finished steps are reused (pass --force to redo everything).
 """
@@ -81,6 +82,10 @@ def main():
     with open(f'{WORK}/cls_results.json', 'w') as f:
         json.dump(result, f, indent=2)
     print(f'\nwritten: {WORK}/cls_results.json')
+    run('quantization report', [
+        'tools/analyze.py', CLS_GPLQ_CFG, f'{gplq_dir}/gplq_w4a4.pth',
+        '--out', f'{WORK}/report_cls'])
+    print(f'report: {WORK}/report_cls/report.md')
 
 
 if __name__ == '__main__':

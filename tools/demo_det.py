@@ -7,7 +7,9 @@ and tools/test.py.
 3. runs GPLQ W4A4 twice: scope 'backbone' and scope 'full';
 4. evaluates FP32, Stage 1 (W32A4) and W4A4 of both scopes with COCO box /
    mask AP through tools/test.py; prints a table and writes
-   work_dirs/demo/det_results.json.
+   work_dirs/demo/det_results.json;
+5. writes the quantization report of the scope-'full' W4A4 model
+   (tools/analyze.py).
 
 Finished steps are reused (pass --force to redo everything).
 """
@@ -85,6 +87,11 @@ def main():
                                   for k, (w, m) in cost.items()},
                        gplq_stats=stats), f, indent=2)
     print(f'\nwritten: {WORK}/det_results.json')
+    run('quantization report (scope full)', [
+        'tools/analyze.py', DET_GPLQ_CFG['full'],
+        f'{WORK}/det_gplq_full/gplq_w4a4.pth', '--out',
+        f'{WORK}/report_det'])
+    print(f'report: {WORK}/report_det/report.md')
 
 
 if __name__ == '__main__':

@@ -12,6 +12,8 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
+from ..quant import iter_quantizers
+
 __all__ = ['GPLQHook']
 
 
@@ -140,6 +142,20 @@ class GPLQHook(Hook):
             self.stats['pca_s'] = time.time() - t
         self._reset_peak()
         self._t_stage1 = time.time()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
+                         outputs=None) -> None:
+        """The mean learned step of the activation quantizers (and of the
+        weight quantizers where they train) joins the losses in the log and
+        in the visualizer's backends (``train/act_step_mean``)."""
+        model = _unwrap(runner.model)
+        for role in ('act', 'weight'):
+            steps = [q.step for _, q in iter_quantizers(model.student, role)
+                     if q.enabled and q.step.requires_grad]
+            if steps:
+                mean = torch.cat([s.detach().reshape(-1) for s in steps])
+                runner.message_hub.update_scalar(f'train/{role}_step_mean',
+                                                 float(mean.float().mean()))
 
     def after_train(self, runner) -> None:
         self.stats.update(stage1_s=time.time() - self._t_stage1,

@@ -222,7 +222,7 @@ class GPLQModel(BaseModel):
         statistics for ``gplq_stats.json``."""
         return {}
 
-    def _calib_forward(self, data: dict) -> None:
+    def forward_all_sites(self, data: dict) -> None:
         """A forward that reaches every quantizer in scope."""
         self.student.extract_feat(data['inputs'])
 
@@ -238,11 +238,11 @@ class GPLQModel(BaseModel):
         if self.recipe.reparam:
             pairs = [p for _, b in qwt_blocks(self.student, self.quant_cfg)
                      for p in ln_linear_pairs(b)]
-            reparameterize(pairs, lambda: [self._calib_forward(d)
+            reparameterize(pairs, lambda: [self.forward_all_sites(d)
                                            for d in batches])
         with calibration(self.student, 'act') as qs:
             for data in batches:
-                self._calib_forward(data)
+                self.forward_all_sites(data)
         if self.recipe.weights_in_stage1:
             quantize_weights(self.student, self.recipe.clip)
         self.student.train(was_training)

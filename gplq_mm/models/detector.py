@@ -67,7 +67,7 @@ class GPLQDetector(GPLQModel):
                     "dict(type='LoadAnnotations', with_bbox=True, "
                     'with_mask=True) on a dataset with segmentations')
 
-    def _calib_forward(self, data: dict) -> None:
+    def forward_all_sites(self, data: dict) -> None:
         # predict reaches the neck and both heads, not only the backbone.
         self.student.predict(data['inputs'], data['data_samples'])
 

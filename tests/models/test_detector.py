@@ -117,6 +117,16 @@ def test_gplq_run_and_reload_into_test(digit_coco_root, det_fp_checkpoint,
     for (n, a), (_, b) in zip(runner.model.student.state_dict().items(),
                               tester.model.student.state_dict().items()):
         assert torch.equal(a, b), n
+    # the quantization report reaches every quantizer, heads included
+    from gplq_mm.analysis import collect
+    model = runner.model
+    batches = [model.data_preprocessor(d, False)
+               for d in tester.test_dataloader]
+    report = collect(model, batches)
+    names = {r['name'].split('.')[0] for r in report['quantizers']}
+    assert names == ({'backbone', 'neck', 'rpn_head', 'roi_head'}
+                     if scope == 'full' else {'backbone'})
+    assert len(report['blocks']) == 6 and 'pca' not in report  # 2+2+2
 
 
 def test_resume_continues_stage1(digit_coco_root, det_fp_checkpoint,
