@@ -27,6 +27,13 @@ def test_one_run_gives_w4a4_checkpoint_that_tests(digits_root, fp_checkpoint,
     runner.train()
     model = runner.model
     assert model.stage == 2 and bool(model.pca.fitted)
+    # the Stage-1 curves: the mean learned activation step beside the losses
+    hub = runner.message_hub.log_scalars
+    assert {'train/loss_cls', 'train/loss_pca',
+            'train/act_step_mean'} <= set(hub)
+    assert 'train/weight_step_mean' not in hub  # gplq trains no weight step
+    steps = hub['train/act_step_mean'].data[0]
+    assert len(steps) == runner.iter and steps[0] != steps[-1]
     stats = json.load(open(tmp_path / 'gplq_stats.json'))
     assert {'calibration_s', 'pca_s', 'stage1_s', 'stage2_s',
             'qwt_r2'} <= set(stats)
