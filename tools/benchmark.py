@@ -66,7 +66,6 @@ def main():
                     f'model.quant_cfg.a_bits={bits}']
             seed = [] if args.seed is None else [
                 f'randomness.seed={args.seed}']
-            key = f'{train_method}_{bits}'
             cost_path = f'{work}/bench_cost.json'
             if not osp.isfile(f'{work}/{train_method}_w{bits}a{bits}.pth'):
                 wall, rss = run(f'{method} W{bits}A{bits}', [

@@ -78,7 +78,10 @@ def quantizer_stats(model, batches: List[dict]) -> List[dict]:
             clip_high=high / n if n else None,
             range_over_grid_median=float(ratio.median()),
             range_over_grid_max=float(ratio.max()),
-            step_mean=float(q.step.detach().float().mean())))
+            step_mean=float(q.step.detach().float().mean()),
+            # per step (channel / head / output channel / tensor)
+            step=q.step.detach().float().tolist(),
+            observed_amax=a['amax'].float().tolist()))
     return rows
 
 

@@ -9,7 +9,7 @@ from mmengine.runner import Runner
 import gplq_mm  # noqa: F401
 from gplq_mm.quant import QuantConv2d, QuantLinear, iter_quantizers
 from gplq_mm.utils import mmengine_checkpoint_globals
-from tests.helpers import det_fp_cfg, gplq_det_cfg, load_ckpt
+from tests.helpers import gplq_det_cfg, load_ckpt
 
 
 def _build(root, scope='backbone', checkpoint=None):

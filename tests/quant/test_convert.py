@@ -1,12 +1,9 @@
-import copy
-
 import pytest
 import torch
 import torch.nn as nn
 
-from gplq_mm.quant import (FakeQuantizer, QuantConfig, QuantLinear,
-                           calibration, convert, iter_quantizers,
-                           quantize_weights, revert, set_quant_state)
+from gplq_mm.quant import (QuantConfig, QuantLinear, convert, iter_quantizers,
+                           revert, set_quant_state)
 from gplq_mm.quant.layers import QuantConv2d, QuantQKV
 from tests.backbones import (BACKBONES, build, flat, inputs, quant_cfg,
                              quantized)
