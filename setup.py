@@ -10,7 +10,8 @@ setup(
     # mmcv must come with its compiled ops (README: "Install").
     install_requires=[
         'torch>=2.0', 'mmengine>=0.10.0,<0.11', 'mmcv>=2.0.0,<2.2.0',
-        'mmpretrain>=1.2.0', 'mmdet>=3.3.0', 'timm>=0.9', 'numpy'
+        'mmpretrain>=1.2.0', 'mmdet>=3.3.0', 'timm>=0.9', 'numpy',
+        'matplotlib'
     ],
     extras_require=dict(
         demo=['scikit-learn', 'pycocotools'], tests=['pytest',
