@@ -85,7 +85,6 @@ def main():
     run('quantization report', [
         'tools/analyze.py', CLS_GPLQ_CFG, f'{gplq_dir}/gplq_w4a4.pth',
         '--out', f'{WORK}/report_cls'])
-    print(f'report: {WORK}/report_cls/report.md')
 
 
 if __name__ == '__main__':

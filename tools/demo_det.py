@@ -91,7 +91,6 @@ def main():
         'tools/analyze.py', DET_GPLQ_CFG['full'],
         f'{WORK}/det_gplq_full/gplq_w4a4.pth', '--out',
         f'{WORK}/report_det'])
-    print(f'report: {WORK}/report_det/report.md')
 
 
 if __name__ == '__main__':
