@@ -23,23 +23,17 @@ def _finite(v, default=0.0):
     return v if v is not None and math.isfinite(v) else default
 
 
-def _bars(rows, value, xlabel, title, out_dir, name, worst_low=True):
-    """One horizontal bar per quantizer in network order (top to bottom),
-    the three worst in red."""
-    vals = [_finite(value(r)) for r in rows]
-    order = sorted(range(len(vals)), key=lambda i: vals[i],
-                   reverse=not worst_low)[:3]
+def _per_quantizer(rows, xlabel, title, legend=False):
+    """A figure with one row per quantizer, in network order from the top,
+    named on the y axis."""
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.22 * len(rows)))
-    ax.barh(range(len(rows)), vals,
-            color=['tab:red' if i in order else 'tab:blue'
-                   for i in range(len(rows))])
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([r['name'] for r in rows], fontsize=7)
-    ax.invert_yaxis()
+    ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(axis='x', alpha=0.3)
-    return _save(fig, out_dir, name)
+    return fig, ax
 
 
 def plot_quantizers(rows: List[dict], out_dir: str) -> List[tuple]:
@@ -48,48 +42,46 @@ def plot_quantizers(rows: List[dict], out_dir: str) -> List[tuple]:
         sel = [r for r in rows if r['role'] == role]
         if not sel:
             continue
+        vals = [_finite(r['sqnr_db']) for r in sel]
+        worst = sorted(range(len(vals)), key=lambda i: vals[i])[:3]
+        fig, ax = _per_quantizer(
+            sel, 'SQNR (dB, higher is better)',
+            f'{label} quantizers: SQNR of the quantized tensor')
+        ax.barh(range(len(sel)), vals,
+                color=['tab:red' if i in worst else 'tab:blue'
+                       for i in range(len(sel))])
         figs.append((
-            f'{label.capitalize()} quantizers: SQNR', _bars(
-                sel, lambda r: r['sqnr_db'], 'SQNR (dB, higher is better)',
-                f'{label} quantizers: SQNR of the quantized tensor', out_dir,
-                f'{role}_sqnr.png'),
+            f'{label.capitalize()} quantizers: SQNR',
+            _save(fig, out_dir, f'{role}_sqnr.png'),
             'Each bar is one quantizer, in network order; the three lowest '
             'are red. About 6 dB per bit: 4-bit tensors sit near 15-20 dB; '
             'a bar far below its neighbours is a layer that loses most.'))
     acts = [r for r in rows if r['role'] == 'act' and r['clip_low']
             is not None]
     if acts:
-        fig, ax = plt.subplots(figsize=(9, 1.2 + 0.22 * len(acts)))
         y = range(len(acts))
+        fig, ax = _per_quantizer(acts, 'elements clipped (%)',
+                                 'activation quantizers: clipping')
         low = [100 * r['clip_low'] for r in acts]
         high = [100 * r['clip_high'] for r in acts]
         ax.barh(y, low, color='tab:orange', label='clipped at the low end')
         ax.barh(y, high, left=low, color='tab:red',
                 label='clipped at the high end')
-        ax.set_yticks(list(y))
-        ax.set_yticklabels([r['name'] for r in acts], fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlabel('elements clipped (%)')
-        ax.set_title('activation quantizers: clipping')
         ax.legend(loc='lower right', fontsize=8)
-        ax.grid(axis='x', alpha=0.3)
         figs.append(('Activation quantizers: clipping',
                      _save(fig, out_dir, 'act_clipping.png'),
                      'The share of elements outside the grid. LSQ trades '
                      'clipping for resolution; a few percent is normal, a '
                      'long bar is a range the step does not cover.'))
-        fig, ax = plt.subplots(figsize=(9, 1.2 + 0.22 * len(acts)))
+        fig, ax = _per_quantizer(
+            acts, 'observed max |x| / (step x qmax)  (log scale)',
+            'activation quantizers: observed range against the grid')
         ax.scatter([r['range_over_grid_median'] for r in acts], y,
                    label='median over steps', marker='o')
         ax.scatter([r['range_over_grid_max'] for r in acts], y,
                    label='max over steps', marker='x', color='tab:red')
         ax.axvline(1.0, color='gray', linestyle='--', linewidth=1)
         ax.set_xscale('log')
-        ax.set_yticks(list(y))
-        ax.set_yticklabels([r['name'] for r in acts], fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlabel('observed max |x| / (step x qmax)  (log scale)')
-        ax.set_title('activation quantizers: observed range against the grid')
         ax.legend(loc='lower right', fontsize=8)
         figs.append(('Activation quantizers: range against the grid',
                      _save(fig, out_dir, 'act_range.png'),
