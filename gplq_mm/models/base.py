@@ -13,7 +13,7 @@ from mmengine.runner import load_checkpoint
 
 from ..quant import (QuantConfig, calibration, convert, fit_qwt,
                      quantize_weights, qwt_blocks, set_quant_state)
-from ..quant.hosts import ln_linear_pairs
+from ..quant.hosts import ln_linear_pairs, model_task
 from ..quant.qwt import compensator
 from ..quant.repq import reparameterize
 from ..utils.checkpoint import mmengine_checkpoint_globals
@@ -101,8 +101,14 @@ class GPLQModel(BaseModel):
         self.apply_stage()
 
     # -- host checks and loss, to be specialized ----------------------------
+    task: str = ''  # the host task this wrapper takes (quant.hosts.models)
+
     def _check_architecture(self, model: nn.Module) -> None:
-        pass
+        if model_task(model) != self.task:
+            raise TypeError(
+                f'{type(self).__name__}.architecture must build a {self.task}'
+                f' (one registered in gplq_mm.quant.hosts); it built '
+                f'{type(model).__name__}')
 
     def loss(self, inputs: torch.Tensor, data_samples) -> Dict:
         raise NotImplementedError

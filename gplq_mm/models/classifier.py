@@ -15,12 +15,12 @@ __all__ = ['GPLQClassifier']
 
 @MODELS.register_module()
 class GPLQClassifier(GPLQModel):
-    """GPLQ for an mmpretrain ``ImageClassifier``.
+    """GPLQ for an mmpretrain image classifier.
 
     Stage-1 loss: the head's task loss (``loss_cls``) plus
     ``alpha * L_PCA`` (``loss_pca``) between the student's and the frozen
-    teacher's penultimate features (the pre-logits the head consumes; DeiT's
-    class and distillation tokens concatenated).
+    teacher's penultimate features (the pre-logits the head consumes,
+    concatenated when the head takes several tokens).
 
     Args:
         alpha (float): Weight of L_PCA; 0 disables it. Defaults to 1.0.
@@ -28,6 +28,7 @@ class GPLQClassifier(GPLQModel):
             ``multiple`` (32) for the kept dimension.
         **kwargs: See :class:`GPLQModel`.
     """
+    task = 'classifier'
 
     def __init__(self, *args, alpha: float = 1.0,
                  pca_cfg: Optional[dict] = None, **kwargs):
@@ -35,13 +36,6 @@ class GPLQClassifier(GPLQModel):
         self.alpha = float(alpha)
         self.pca = PCAProjector(head_feature_dim(self.student.head),
                                 **dict(pca_cfg or {}))
-
-    def _check_architecture(self, model: nn.Module) -> None:
-        from mmpretrain.models import ImageClassifier
-        if not isinstance(model, ImageClassifier):
-            raise TypeError(
-                'GPLQClassifier.architecture must build an mmpretrain '
-                f'ImageClassifier; it built {type(model).__name__}')
 
     @staticmethod
     def _pre_logits(model: nn.Module, feats) -> torch.Tensor:

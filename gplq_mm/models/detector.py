@@ -2,7 +2,6 @@
 from typing import Dict, Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.registry import MODELS
 
@@ -19,7 +18,7 @@ SCOPES = {
 
 @MODELS.register_module()
 class GPLQDetector(GPLQModel):
-    """GPLQ for an mmdet ``TwoStageDetector`` (Mask R-CNN, Cascade Mask
+    """GPLQ for an mmdet two-stage detector (Mask R-CNN, Cascade Mask
     R-CNN, ...).
 
     Stage 1 trains on the detector's own loss; optionally plus
@@ -36,6 +35,7 @@ class GPLQDetector(GPLQModel):
         **kwargs: See :class:`GPLQModel`; ``quant_cfg['include']``, if
             given, overrides the scope's patterns.
     """
+    task = 'two-stage detector'
 
     def __init__(self, *args, scope: str = 'backbone',
                  feat_loss_weight: float = 0.0,
@@ -47,14 +47,6 @@ class GPLQDetector(GPLQModel):
         super().__init__(*args, quant_cfg=quant_cfg, **kwargs)
         self.scope = scope
         self.feat_loss_weight = float(feat_loss_weight)
-
-    def _check_architecture(self, model: nn.Module) -> None:
-        from mmdet.models.detectors import TwoStageDetector
-        if not isinstance(model, TwoStageDetector):
-            raise TypeError(
-                'GPLQDetector.architecture must build an mmdet two-stage '
-                'detector (Mask R-CNN, Cascade Mask R-CNN, ...); it built '
-                f'{type(model).__name__}')
 
     def check_data(self, data: dict) -> None:
         if not getattr(self.student, 'with_mask', False):

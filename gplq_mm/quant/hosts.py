@@ -21,7 +21,8 @@ import torch.nn as nn
 from .attention import ModuleSeam, SDPASeam
 
 __all__ = ['HostSpec', 'register_host', 'HOSTS', 'find_attention_seam',
-           'is_block', 'block_width', 'ln_linear_pairs', 'head_feature_dim']
+           'is_block', 'block_width', 'ln_linear_pairs', 'head_feature_dim',
+           'model_task']
 
 Seam = Union[SDPASeam, ModuleSeam]
 LNLinear = Tuple[Tuple[str, str], ...]
@@ -42,6 +43,9 @@ class HostSpec:
         heads (dict): Classification head class -> ``head -> int``, the width
             of the feature the head's ``pre_logits`` returns (concatenated
             when it returns several).
+        models (dict): Whole-model class -> the GPLQ task it is
+            (``'classifier'``, ``'two-stage detector'``): which GPLQ wrapper
+            takes it.
     """
     name: str
     attention: Dict[str, Seam] = dataclasses.field(default_factory=dict)
@@ -49,6 +53,7 @@ class HostSpec:
     blocks: Dict[str, LNLinear] = dataclasses.field(default_factory=dict)
     heads: Dict[str, Callable[[nn.Module], int]] = dataclasses.field(
         default_factory=dict)
+    models: Dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 HOSTS: List[HostSpec] = []
@@ -57,7 +62,7 @@ HOSTS: List[HostSpec] = []
 def register_host(spec: HostSpec) -> HostSpec:
     """Add ``spec``; a class already claimed by another host is an error."""
     for other in HOSTS:
-        for kind in ('attention', 'blocks', 'heads'):
+        for kind in ('attention', 'blocks', 'heads', 'models'):
             both = set(getattr(spec, kind)) & set(getattr(other, kind))
             if both:
                 raise ValueError(f'{spec.name}: {kind} {sorted(both)} already '
@@ -123,6 +128,12 @@ def block_width(block: nn.Module) -> int:
     return ln_linear_pairs(block)[0][0].normalized_shape[-1]
 
 
+def model_task(model: nn.Module) -> Optional[str]:
+    """The GPLQ task of a whole host model (``'classifier'``, ``'two-stage
+    detector'``), or None when no host registers its class."""
+    return _lookup(model, 'models')
+
+
 def head_feature_dim(head: nn.Module) -> int:
     """Width of ``head.pre_logits``'s output: the registered rule, else
     ``hidden_dim`` (a pre-logits layer) or ``in_channels``."""
@@ -149,6 +160,13 @@ def _mmpretrain_divides(fn: Callable) -> bool:
 
 _SOFTMAX = ModuleSeam('softmax', after=True)
 _SWIN_PAIRS = (('norm1', 'attn.w_msa.qkv'), ('norm2', 'ffn.layers.0.0'))
+
+register_host(HostSpec(
+    name='mmpretrain / mmdet whole models',
+    models={'mmpretrain.models.classifiers.image.ImageClassifier':
+            'classifier',
+            'mmdet.models.detectors.two_stage.TwoStageDetector':
+            'two-stage detector'}))
 
 register_host(HostSpec(
     name='mmpretrain VisionTransformer / DeiT',

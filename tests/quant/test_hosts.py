@@ -87,3 +87,12 @@ def test_adding_a_host_is_one_entry(monkeypatch):
     assert type(model[0].softmax) is nn.Softmax
     with pytest.raises(ValueError, match='already registered by my model'):
         register_host(HostSpec('again', attention={key: None}))
+
+
+def test_whole_models_name_their_task():
+    from mmpretrain.models import ImageClassifier
+    from tests.helpers import ARCH
+    arch = dict(ARCH)
+    arch.pop('type')
+    assert hosts.model_task(ImageClassifier(**arch)) == 'classifier'
+    assert hosts.model_task(nn.Linear(2, 2)) is None
