@@ -51,6 +51,7 @@ class GPLQHook(Hook):
             ``gplq_w4a4.pth``.
     """
     priority = 'NORMAL'
+    PROGRESS_S = 10.0  # seconds between progress lines of long steps
 
     def __init__(self,
                  calib_images: int = 256,
@@ -94,12 +95,14 @@ class GPLQHook(Hook):
                 f'GPLQHook.{name}={n} but the training set has only {size} '
                 f'images; lower {name} or use a larger dataset')
 
-    def _batches(self, runner, n_total: int) -> Iterator[dict]:
+    def _batches(self, runner, n_total: int,
+                 what: Optional[str] = None) -> Iterator[dict]:
         """Preprocessed training batches, ``n_total`` images over all
-        ranks."""
+        ranks. With ``what``, progress (images, rate, ETA) is logged every
+        ``PROGRESS_S`` seconds and at the end."""
         model = _unwrap(runner.model)
         n = math.ceil(n_total / get_world_size())
-        seen = 0
+        seen, t0, last = 0, time.time(), time.time()
         while seen < n:
             for data in runner.train_dataloader:
                 data = model.data_preprocessor(data, False)
@@ -107,8 +110,15 @@ class GPLQHook(Hook):
                 data['inputs'] = data['inputs'][:k]
                 if data.get('data_samples') is not None:
                     data['data_samples'] = data['data_samples'][:k]
+                yield data  # the consumer's work is timed too
                 seen += k
-                yield data
+                now = time.time()
+                if what and (seen >= n or now - last >= self.PROGRESS_S):
+                    last = now
+                    rate = seen / max(now - t0, 1e-9)
+                    runner.logger.info(
+                        f'GPLQ {what}: {seen}/{n} images on this process, '
+                        f'{rate:.1f} images/s, ETA {(n - seen) / rate:.0f}s')
                 if seen >= n:
                     return
 
@@ -125,7 +135,8 @@ class GPLQHook(Hook):
             runner.train_loop.stop_training = True
         if model.stage == 0:
             t = time.time()
-            n = model.calibrate(self._batches(runner, self.calib_images))
+            n = model.calibrate(self._batches(runner, self.calib_images,
+                                              'calibration'))
             self.stats['calibration_s'] = time.time() - t
             runner.logger.info(
                 f'GPLQ: calibrated {n} activation quantizers on '
@@ -138,7 +149,7 @@ class GPLQHook(Hook):
         if model.needs_prepare:
             t = time.time()
             self.stats.update(model.prepare(
-                self._batches(runner, self.pca_images)))
+                self._batches(runner, self.pca_images, 'PCA')))
             self.stats['pca_s'] = time.time() - t
         self._reset_peak()
         self._t_stage1 = time.time()
@@ -170,7 +181,7 @@ class GPLQHook(Hook):
         t = time.time()
         self._reset_peak()
         batches: List[dict] = list(
-            self._batches(runner, self.ptq_images))
+            self._batches(runner, self.ptq_images, 'Stage-2 data'))
         r2 = model.weight_ptq(
             batches, qwt=self.qwt, ridge=self.qwt_ridge,
             logger=runner.logger.info)

@@ -1,6 +1,7 @@
 """QwT ("Quantization without Tears") compensation: one linear layer per
 transformer block, ``out = block_q(x) + x W_c + b_c``, fitted in closed form.
 """
+import time
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -230,6 +231,7 @@ def fit_qwt(blocks: List[Tuple[str, nn.Module]],
     comps = [b.qwt for _, b in blocks]
     saved = [c.enabled for c in comps]
     r2s = {}
+    t0 = time.time()
     try:
         for i, (name, block) in enumerate(blocks):
             stats = None
@@ -258,8 +260,11 @@ def fit_qwt(blocks: List[Tuple[str, nn.Module]],
             comp.set_active(keep)
             r2s[name] = r2
             if logger:
+                spent = time.time() - t0
+                eta = spent / (i + 1) * (len(blocks) - i - 1)
                 logger(f'QwT [{i + 1}/{len(blocks)}] {name}: R^2={r2:.4f} '
-                       f'({"kept" if keep else "dropped"})')
+                       f'({"kept" if keep else "dropped"}), {spent:.0f}s, '
+                       f'ETA {eta:.0f}s')
     finally:
         for c, e in zip(comps, saved):
             c.enabled = e

@@ -205,3 +205,23 @@ def test_detector_two_processes_match_one(digit_coco_root, det_fp_checkpoint,
     bad = [(k, r0[k], one[k]) for k in one
            if r0[k] != pytest.approx(one[k], rel=1e-4, abs=1e-5)]
     assert not bad
+
+
+def test_long_steps_log_progress(digits_root, fp_checkpoint, tmp_path):
+    """Calibration, PCA, the Stage-2 data and QwT (block by block) log
+    counts, rate and ETA."""
+    cfg = gplq_cfg(digits_root, str(tmp_path), fp_checkpoint,
+                   train_images=32)
+    cfg.log_level = 'INFO'
+    cfg.custom_hooks[0].update(calib_images=32, pca_images=32,
+                               ptq_images=32)
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    Runner.from_cfg(cfg).train()
+    log = open(next(tmp_path.glob('*/*.log'))).read()
+    for line in ('GPLQ calibration: 32/32 images on this process, ',
+                 'GPLQ PCA: 32/32 images on this process, ',
+                 'GPLQ Stage-2 data: 32/32 images on this process, ',
+                 'QwT [1/2] backbone.layers.0: R^2=',
+                 'QwT [2/2] backbone.layers.1: R^2='):
+        assert line in log, line
+    assert log.count('images/s, ETA 0s') == 3
