@@ -123,6 +123,19 @@ class GPLQHook(Hook):
                     return
 
     # -- hooks --------------------------------------------------------------
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Record what the quantizer state means (``meta['gplq']``)."""
+        checkpoint.setdefault('meta', {})['gplq'] = _unwrap(
+            runner.model).signature()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Refuse, before anything is loaded, a GPLQ checkpoint written by
+        another method or bit width (a float checkpoint has no record)."""
+        saved = (checkpoint.get('meta') or {}).get('gplq')
+        if saved is not None:
+            source = runner.cfg.get('load_from') or 'the checkpoint'
+            _unwrap(runner.model).check_signature(saved, repr(source))
+
     def before_train(self, runner) -> None:
         model = _unwrap(runner.model)
         self._check_size(runner, 'calib_images', self.calib_images)

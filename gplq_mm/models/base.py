@@ -177,6 +177,34 @@ class GPLQModel(BaseModel):
             if comp is not None:
                 comp.enabled = self.use_qwt
 
+    # -- what a checkpoint must agree on -----------------------------------
+    def signature(self) -> dict:
+        """What a GPLQ checkpoint's quantizer state means: the method and
+        the quantizer layout (bit widths, granularities, softmax grid).
+        Saved in checkpoints' meta by GPLQHook."""
+        qc = self.quant_cfg
+        return dict(method=self.method, w_bits=qc.w_bits, a_bits=qc.a_bits,
+                    attn_bits=qc.attn_bits or qc.a_bits,
+                    patch_embed_bits=qc.patch_embed_bits,
+                    act_granularity=qc.act_granularity,
+                    attn_granularity=qc.attn_granularity,
+                    softmax_grid=qc.softmax_grid)
+
+    def check_signature(self, saved: dict, source: str) -> None:
+        """Raise when a checkpoint's :meth:`signature` differs from this
+        model's: its steps would be read on another grid."""
+        mine = self.signature()
+        diff = {k: (v, mine.get(k)) for k, v in saved.items()
+                if mine.get(k) != v}
+        if diff:
+            parts = ', '.join(f'{k}={a!r} (this config: {b!r})'
+                              for k, (a, b) in diff.items())
+            raise ValueError(
+                f'{source} was written with {parts}: its quantizer state '
+                'does not fit this config. Use the config the checkpoint was '
+                'made with, or set the same values with --cfg-options (e.g. '
+                'model.method / model.quant_cfg.w_bits).')
+
     # -- weights ------------------------------------------------------------
     def init_weights(self) -> None:
         """Load the FP32 checkpoint into the teacher and the student.

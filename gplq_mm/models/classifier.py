@@ -1,4 +1,5 @@
 """GPLQ for mmpretrain image classifiers."""
+import math
 from typing import Dict, Iterable, Optional
 
 import torch
@@ -32,6 +33,11 @@ class GPLQClassifier(GPLQModel):
 
     def __init__(self, *args, alpha: float = 1.0,
                  pca_cfg: Optional[dict] = None, **kwargs):
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) \
+                or not math.isfinite(alpha) or alpha < 0:
+            raise ValueError(f'GPLQClassifier.alpha={alpha!r} is not '
+                             'allowed: use a finite number >= 0 (0 turns '
+                             'L_PCA off)')
         super().__init__(*args, **kwargs)
         self.alpha = float(alpha)
         self.pca = PCAProjector(head_feature_dim(self.student.head),

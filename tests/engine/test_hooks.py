@@ -61,6 +61,22 @@ def test_one_run_gives_w4a4_checkpoint_that_tests(digits_root, fp_checkpoint,
                 total += 1
     assert total == 64
     assert metrics['accuracy/top1'] == pytest.approx(100 * correct / total)
+    # the checkpoint records what its steps mean; another bit width or
+    # method is refused before anything is loaded or evaluated
+    assert load_ckpt(final)['meta']['gplq'] == dict(
+        method='gplq', w_bits=4, a_bits=4, attn_bits=4, patch_embed_bits=8,
+        act_granularity='channel', attn_granularity='head',
+        softmax_grid='uniform')
+    for kw, match in ((dict(quant_cfg=dict(w_bits=3, a_bits=3)),
+                       r'w_bits=4 \(this config: 3\), a_bits=4 \(this '
+                       r'config: 3\)'),
+                      (dict(method='minmax-ptq'),
+                       r"method='gplq' \(this config: 'minmax-ptq'\)")):
+        bad = gplq_cfg(digits_root, str(tmp_path / 'bad'), None, **kw)
+        bad.load_from = str(final)
+        with pytest.raises(ValueError, match=match):
+            with mmengine_checkpoint_globals():
+                Runner.from_cfg(bad).test()
 
 
 def test_resume_continues_stage1(digits_root, fp_checkpoint, tmp_path):

@@ -124,3 +124,9 @@ def test_missing_and_mismatched_checkpoints(tmp_path, fp_checkpoint):
     with pytest.raises(ValueError, match='does not match model.architecture'):
         _build(str(bad)).init_weights()
     model.init_weights()  # the real one loads strictly
+
+
+@pytest.mark.parametrize('alpha', [-1, 'a', float('nan'), True])
+def test_bad_alpha_is_refused(alpha):
+    with pytest.raises(ValueError, match=f'alpha={alpha!r} is not allowed'):
+        _build(alpha=alpha)
