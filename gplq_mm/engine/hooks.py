@@ -90,6 +90,10 @@ class GPLQHook(Hook):
     # -- data ---------------------------------------------------------------
     def _check_size(self, runner, name: str, n: int) -> None:
         size = len(runner.train_dataloader.dataset)
+        if size == 0:
+            raise ValueError(
+                'the training set is empty: check train_dataloader.dataset '
+                '(data_root, ann_file, data_prefix)')
         if n > size:
             raise ValueError(
                 f'GPLQHook.{name}={n} but the training set has only {size} '
@@ -130,11 +134,24 @@ class GPLQHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """Refuse, before anything is loaded, a GPLQ checkpoint written by
-        another method or bit width (a float checkpoint has no record)."""
+        another method or bit width (a float checkpoint has no record), or
+        one whose tensors have other shapes (e.g. another number of
+        classes): mmengine's non-strict load would only warn."""
+        model = _unwrap(runner.model)
+        source = repr(runner.cfg.get('load_from') or 'the checkpoint')
         saved = (checkpoint.get('meta') or {}).get('gplq')
         if saved is not None:
-            source = runner.cfg.get('load_from') or 'the checkpoint'
-            _unwrap(runner.model).check_signature(saved, repr(source))
+            model.check_signature(saved, source)
+        state = checkpoint.get('state_dict', checkpoint)
+        own = model.state_dict()
+        bad = [f'{k}: {tuple(v.shape)} in the checkpoint, '
+               f'{tuple(own[k].shape)} in the model'
+               for k, v in state.items() if isinstance(v, torch.Tensor)
+               and k in own and v.shape != own[k].shape]
+        if bad:
+            raise ValueError(f'{source} does not fit this model ('
+                             f'{len(bad)} tensors of another shape; another '
+                             'number of classes?): ' + '; '.join(bad[:3]))
 
     def before_train(self, runner) -> None:
         model = _unwrap(runner.model)

@@ -7,6 +7,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 import torch.nn as nn
+from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS
 from mmengine.runner import load_checkpoint
@@ -115,11 +116,29 @@ class GPLQModel(BaseModel):
 
     def forward(self, inputs: torch.Tensor, data_samples=None,
                 mode: str = 'tensor'):
-        """``loss``: the GPLQ loss; ``predict`` / ``tensor``: the host's."""
+        """``loss``: the GPLQ loss (a non-finite one raises, before any
+        update); ``predict`` / ``tensor``: the host's."""
         with self.compiled():
-            if mode == 'loss':
-                return self.loss(inputs, data_samples)
-            return self.student(inputs, data_samples, mode=mode)
+            if mode != 'loss':
+                return self.student(inputs, data_samples, mode=mode)
+            losses = self.loss(inputs, data_samples)
+        # as mmengine's parse_losses: list values (mmdet's per-level RPN
+        # losses) count element by element
+        total = sum(t.sum() for k, v in losses.items() if 'loss' in k
+                    for t in (v if isinstance(v, (list, tuple)) else [v]))
+        if not bool(torch.isfinite(total)):
+            where = self.first_non_finite(
+                dict(inputs=inputs, data_samples=data_samples))
+            it = MessageHub.get_current_instance().get_info('iter')
+            raise FloatingPointError(
+                f'GPLQ: the Stage-1 loss is {float(total)}'
+                + ('' if it is None else f' at iteration {it + 1}') + '; '
+                + (f'the first non-finite output is {where}\'s'
+                   if where else 'every layer output is finite (the loss '
+                   'itself is not)')
+                + '. Nothing was updated; the last checkpoint written is the '
+                'last good one.')
+        return losses
 
     def set_compile_cfg(self, compile_cfg: Union[bool, dict, None]
                         ) -> Optional[CompiledRegions]:
@@ -176,6 +195,29 @@ class GPLQModel(BaseModel):
             comp = compensator(block)
             if comp is not None:
                 comp.enabled = self.use_qwt
+
+    @torch.no_grad()
+    def first_non_finite(self, data: dict) -> Optional[str]:
+        """The first student module (in forward order) whose output has a
+        NaN or Inf on the preprocessed ``data``, or None."""
+        found = []
+
+        def hook(name):
+            def fn(mod, args, out):
+                t = out[0] if isinstance(out, (tuple, list)) else out
+                if not found and isinstance(t, torch.Tensor) and \
+                        t.is_floating_point() and not torch.isfinite(t).all():
+                    found.append(name)
+            return fn
+
+        handles = [m.register_forward_hook(hook(n))
+                   for n, m in self.student.named_modules() if n]
+        try:
+            self.forward_all_sites(data)
+        finally:
+            for h in handles:
+                h.remove()
+        return found[0] if found else None
 
     # -- what a checkpoint must agree on -----------------------------------
     def signature(self) -> dict:
@@ -243,7 +285,16 @@ class GPLQModel(BaseModel):
         return self.recipe.trains
 
     def check_data(self, data: dict) -> None:
-        """Raise before training if ``data`` cannot train this model."""
+        """Raise before training if ``data`` cannot train this model: its
+        images must have the channels the backbone's first conv takes."""
+        first = next((m for m in self.student.backbone.modules()
+                      if isinstance(m, nn.Conv2d)), None)
+        got = data['inputs'].shape[1]
+        if first is not None and got != first.in_channels:
+            raise ValueError(
+                f'the training images have {got} channels but the model '
+                f'takes {first.in_channels}: check the pipeline (color '
+                'type) and data_preprocessor')
 
     @property
     def needs_prepare(self) -> bool:

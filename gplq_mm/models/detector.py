@@ -49,6 +49,7 @@ class GPLQDetector(GPLQModel):
         self.feat_loss_weight = float(feat_loss_weight)
 
     def check_data(self, data: dict) -> None:
+        super().check_data(data)
         if not getattr(self.student, 'with_mask', False):
             return
         for sample in data.get('data_samples') or []:

@@ -77,6 +77,15 @@ def test_one_run_gives_w4a4_checkpoint_that_tests(digits_root, fp_checkpoint,
         with pytest.raises(ValueError, match=match):
             with mmengine_checkpoint_globals():
                 Runner.from_cfg(bad).test()
+    # the right architecture with another number of classes
+    bad = gplq_cfg(digits_root, str(tmp_path / 'bad'), None)
+    bad.model.architecture.head.num_classes = 5
+    bad.load_from = str(final)
+    with pytest.raises(ValueError, match=r'student.head.layers.head.weight: '
+                       r'\(10, 32\) in the checkpoint, \(5, 32\) in the '
+                       'model'):
+        with mmengine_checkpoint_globals():
+            Runner.from_cfg(bad).test()
 
 
 def test_resume_continues_stage1(digits_root, fp_checkpoint, tmp_path):
@@ -241,3 +250,35 @@ def test_long_steps_log_progress(digits_root, fp_checkpoint, tmp_path):
                  'QwT [2/2] backbone.layers.1: R^2='):
         assert line in log, line
     assert log.count('images/s, ETA 0s') == 3
+
+
+def test_non_finite_loss_names_iteration_and_layer(digits_root, fp_checkpoint,
+                                                   tmp_path):
+    cfg = gplq_cfg(digits_root, str(tmp_path), fp_checkpoint,
+                   train_images=32, max_epochs=2)
+    cfg.custom_hooks[0].update(pca_images=32)
+    runner = Runner.from_cfg(cfg)
+    proj = runner.model.student.backbone.layers[1].attn.proj
+    calls = []
+
+    def blow_up(mod, args, out):  # from the second epoch on (2 iters each)
+        calls.append(1)
+        return out * float('inf') if runner.epoch >= 1 else out
+
+    proj.register_forward_hook(blow_up)
+    with pytest.raises(FloatingPointError,
+                       match=r'loss is nan at iteration 3; the first '
+                       r'non-finite output is backbone\.layers\.1\.attn\.'
+                       r'proj\'s\. Nothing was updated'):
+        runner.train()
+    assert all(torch.isfinite(p).all() for p in runner.model.parameters())
+    assert (tmp_path / 'epoch_1.pth').exists()
+    assert not (tmp_path / 'epoch_2.pth').exists()
+
+
+def test_empty_training_set_is_refused():
+    from types import SimpleNamespace
+    from gplq_mm.engine import GPLQHook
+    runner = SimpleNamespace(train_dataloader=SimpleNamespace(dataset=[]))
+    with pytest.raises(ValueError, match='the training set is empty'):
+        GPLQHook()._check_size(runner, 'calib_images', 1)

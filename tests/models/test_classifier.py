@@ -130,3 +130,10 @@ def test_missing_and_mismatched_checkpoints(tmp_path, fp_checkpoint):
 def test_bad_alpha_is_refused(alpha):
     with pytest.raises(ValueError, match=f'alpha={alpha!r} is not allowed'):
         _build(alpha=alpha)
+
+
+def test_images_with_other_channels_are_refused():
+    with pytest.raises(ValueError, match='images have 1 channels but the '
+                       'model takes 3'):
+        _build().check_data(dict(inputs=torch.randn(2, 1, 16, 16)))
+    _build().check_data(dict(inputs=torch.randn(2, 3, 16, 16)))
