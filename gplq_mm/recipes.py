@@ -33,8 +33,10 @@ def _common(lr: float, batch_size: int, hook: dict,
         optim_wrapper['type'] = wrapper_type
     if clip_grad is not None:
         optim_wrapper['clip_grad'] = clip_grad
-    default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1,
-                                         max_keep_ckpts=1))
+    # written atomically (gplq_mm.utils.checkpoint.AtomicLocalBackend)
+    default_hooks = dict(checkpoint=dict(
+        type='CheckpointHook', interval=1, max_keep_ckpts=1,
+        backend_args=dict(backend='gplq_atomic')))
     if log_interval is not None:
         default_hooks['logger'] = dict(type='LoggerHook',
                                        interval=log_interval)

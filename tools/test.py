@@ -1,14 +1,15 @@
 """Evaluate a checkpoint with a config (mmpretrain / mmdet style)."""
 import argparse
+import sys
 import json
 import os.path as osp
 
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401  registers the GPLQ models and hook
-from gplq_mm.utils import (add_runner_args, finish_launch,
-                           mmengine_checkpoint_globals, prepare_launch,
-                           runner_config)
+from gplq_mm.utils import (add_runner_args, check_checkpoint_file,
+                           finish_launch, mmengine_checkpoint_globals,
+                           prepare_launch, runner_config)
 
 
 def parse_args():
@@ -24,6 +25,10 @@ def main():
     args = parse_args()
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} not found')
+    try:  # a truncated checkpoint gets one clear line
+        check_checkpoint_file(args.checkpoint)
+    except ValueError as e:
+        sys.exit(f'error: {e}')
     cfg = runner_config(args)
     cfg.load_from = args.checkpoint
     prepare_launch(cfg)

@@ -1,13 +1,14 @@
 """Train with a config (mmpretrain / mmdet style); GPLQ configs run both
 stages in one call. Thin: parse args, build the Runner, run."""
 import argparse
+import sys
 
-from mmengine.runner import Runner
+from mmengine.runner import Runner, find_latest_checkpoint
 
 import gplq_mm  # noqa: F401  registers the GPLQ models and hook
-from gplq_mm.utils import (add_runner_args, finish_launch,
-                           mmengine_checkpoint_globals, prepare_launch,
-                           runner_config)
+from gplq_mm.utils import (add_runner_args, check_checkpoint_file,
+                           finish_launch, mmengine_checkpoint_globals,
+                           prepare_launch, runner_config)
 
 
 def parse_args():
@@ -31,6 +32,16 @@ def main():
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
+    # a truncated checkpoint gets one clear line, before any work
+    try:
+        if cfg.get('load_from'):
+            check_checkpoint_file(cfg.load_from)
+        elif cfg.get('resume'):
+            latest = find_latest_checkpoint(cfg.work_dir)
+            if latest:
+                check_checkpoint_file(latest)
+    except ValueError as e:
+        sys.exit(f'error: {e}')
     prepare_launch(cfg)
     runner = Runner.from_cfg(cfg)
     # torch >= 2.6 loads weights-only; resume / load_from read mmengine's

@@ -13,6 +13,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from ..quant import iter_quantizers
+from ..utils.checkpoint import ATOMIC_BACKEND
 
 __all__ = ['GPLQHook']
 
@@ -227,7 +228,8 @@ class GPLQHook(Hook):
             f'{model.method}_w{qc.w_bits}a{qc.a_bits}.pth'
         runner.save_checkpoint(
             runner.work_dir, name, save_optimizer=False,
-            save_param_scheduler=False)
+            save_param_scheduler=False,
+            backend_args=dict(backend=ATOMIC_BACKEND))
         runner.logger.info(f'GPLQ: final checkpoint saved to '
                            f'{runner.work_dir}/{name}')
         if runner.val_loop is not None:

@@ -17,7 +17,8 @@ from ..quant import (QuantConfig, calibration, convert, fit_qwt,
 from ..quant.hosts import ln_linear_pairs, model_task
 from ..quant.qwt import compensator
 from ..quant.repq import reparameterize
-from ..utils.checkpoint import mmengine_checkpoint_globals
+from ..utils.checkpoint import (check_checkpoint_file,
+                                mmengine_checkpoint_globals)
 from .compile import CompiledRegions
 from .methods import get_method
 
@@ -264,6 +265,8 @@ class GPLQModel(BaseModel):
             raise FileNotFoundError(
                 f'{type(self).__name__}.checkpoint={self.checkpoint!r} does '
                 'not exist')
+        check_checkpoint_file(self.checkpoint,
+                              f'{type(self).__name__}.checkpoint')
         for name, model in (('student', self.student),
                             ('teacher', self.teacher)):
             try:
