@@ -102,3 +102,26 @@ def test_real_detectors_convert(name):
     if cfg.model.checkpoint is None:  # cascade: no official mmdet 3 weights
         with pytest.raises(ValueError, match='checkpoint is not set'):
             model.init_weights()
+    # calibration reaches every quantizer (heads included) on one annotated
+    # image, though a randomly initialized detector detects nothing
+    model.calibrate([_annotated_image(model)])
+    assert all(bool(q.initialized)
+               for _, q in iter_quantizers(model.student, 'act'))
+
+
+def _annotated_image(model):
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    h = w = 224
+    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                         pad_shape=(h, w), scale_factor=(1.,
+                                                                         1.),
+                                         batch_input_shape=(h, w)))
+    mask = torch.zeros(1, h, w, dtype=torch.uint8)
+    mask[:, 40:120, 60:150] = 1
+    sample.gt_instances = InstanceData(
+        bboxes=torch.tensor([[60., 40., 150., 120.]]),
+        labels=torch.tensor([3]), masks=BitmapMasks(mask.numpy(), h, w))
+    torch.manual_seed(0)
+    return dict(inputs=torch.randn(1, 3, h, w), data_samples=[sample])

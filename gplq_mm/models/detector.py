@@ -61,8 +61,16 @@ class GPLQDetector(GPLQModel):
                     'with_mask=True) on a dataset with segmentations')
 
     def forward_all_sites(self, data: dict) -> None:
-        # predict reaches the neck and both heads, not only the backbone.
-        self.student.predict(data['inputs'], data['data_samples'])
+        """The training path: the RoI heads see the sampled proposals (with
+        the ground-truth boxes among them) and the mask head the positive
+        ones, so every head is reached on any annotated image, also by a
+        detector that detects nothing yet (``predict`` reaches the RoI heads
+        only through detections). The RoI sampler's random numbers are
+        drawn from a forked RNG: the training that follows is unchanged."""
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        with torch.random.fork_rng(
+                devices=[torch.cuda.current_device()] if cuda else []):
+            self.student.loss(data['inputs'], data['data_samples'])
 
     def loss(self, inputs: torch.Tensor, data_samples) -> Dict:
         feats = []

@@ -148,3 +148,32 @@ def test_resume_continues_stage1(digit_coco_root, det_fp_checkpoint,
     assert resumed.model.stage == 1
     state = load_ckpt(tmp_path / 'epoch_2.pth')['state_dict']
     assert int(state['gplq_stage']) == 1
+
+
+def test_calibration_reaches_the_heads_of_a_detector_that_detects_nothing(
+        digit_coco_root, det_fp_checkpoint, tmp_path):
+    """With a score threshold no detection passes, predict never reaches
+    the RoI heads; calibration takes the training path and still sets every
+    quantizer of the full scope, without touching the RNG that training
+    uses next."""
+    cfg = gplq_det_cfg(digit_coco_root, str(tmp_path), det_fp_checkpoint,
+                       scope='full')
+    cfg.model.architecture.test_cfg.rcnn.score_thr = 1.01
+    runner = Runner.from_cfg(cfg)
+    model = runner.model
+    model.init_weights()
+    batches = [model.data_preprocessor(d, False)
+               for d in runner.train_dataloader]
+    with torch.no_grad():
+        model.eval()
+        out = model.student.predict(batches[0]['inputs'],
+                                    batches[0]['data_samples'])
+    assert all(len(s.pred_instances) == 0 for s in out)
+    torch.manual_seed(7)
+    model.calibrate(batches)
+    after = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.rand(3))
+    qs = dict(iter_quantizers(model.student, 'act'))
+    assert any(n.startswith('roi_head.mask_head') for n in qs)
+    assert all(bool(q.initialized) for q in qs.values())
