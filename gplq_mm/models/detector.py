@@ -61,16 +61,32 @@ class GPLQDetector(GPLQModel):
                     'with_mask=True) on a dataset with segmentations')
 
     def forward_all_sites(self, data: dict) -> None:
-        """The training path: the RoI heads see the sampled proposals (with
-        the ground-truth boxes among them) and the mask head the positive
-        ones, so every head is reached on any annotated image, also by a
-        detector that detects nothing yet (``predict`` reaches the RoI heads
-        only through detections). The RoI sampler's random numbers are
-        drawn from a forked RNG: the training that follows is unchanged."""
+        """Backbone, neck and RPN head on the images; the RoI heads through
+        their training path with the ground-truth boxes as the only
+        proposals, so every head (mask head included) is reached on any
+        annotated image, also by a detector that detects nothing yet
+        (``predict`` reaches the RoI heads only through detections). With
+        the ground truth alone, the RoI sampler keeps every RoI, so the
+        statistics do not depend on its random order (nor on how images are
+        split over processes); its random numbers come from a forked RNG,
+        so the training that follows is unchanged. Samples without
+        ground truth (a validation set loaded without annotations) take
+        ``predict``."""
+        from mmengine.structures import InstanceData
+        samples = data['data_samples']
+        if not all('gt_instances' in s for s in samples):
+            self.student.predict(data['inputs'], samples)
+            return
+        x = self.student.extract_feat(data['inputs'])
+        self.student.rpn_head(x)
+        proposals = [InstanceData(bboxes=s.gt_instances.bboxes.tensor
+                                  if hasattr(s.gt_instances.bboxes, 'tensor')
+                                  else s.gt_instances.bboxes)
+                     for s in samples]
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         with torch.random.fork_rng(
                 devices=[torch.cuda.current_device()] if cuda else []):
-            self.student.loss(data['inputs'], data['data_samples'])
+            self.student.roi_head.loss(x, proposals, samples)
 
     def loss(self, inputs: torch.Tensor, data_samples) -> Dict:
         feats = []
