@@ -19,6 +19,7 @@ import gplq_mm  # noqa: F401  registers the GPLQ models and hook
 from gplq_mm.analysis import collect, write_report
 from gplq_mm.utils import (add_runner_args, mmengine_checkpoint_globals,
                            runner_config)
+from gplq_mm.utils.data import take_images
 
 
 def parse_args():
@@ -41,17 +42,8 @@ def _batches(cfg, model, n: int):
     if n < 1 or n > len(loader.dataset):
         raise ValueError(f'--images={n}: use 1 .. {len(loader.dataset)} (the '
                          'validation set)')
-    out, seen = [], 0
-    for data in loader:
-        data = model.data_preprocessor(data, False)
-        k = min(len(data['inputs']), n - seen)
-        data['inputs'] = data['inputs'][:k]
-        data['data_samples'] = data['data_samples'][:k]
-        out.append(data)
-        seen += k
-        if seen >= n:
-            return out
-    return out
+    return list(take_images(loader, lambda d: model.data_preprocessor(
+        d, False), n))
 
 
 def main():

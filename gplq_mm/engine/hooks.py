@@ -14,6 +14,7 @@ from mmengine.registry import HOOKS
 
 from ..quant import iter_quantizers
 from ..utils.checkpoint import ATOMIC_BACKEND
+from ..utils.data import take_images
 
 __all__ = ['GPLQHook']
 
@@ -108,24 +109,18 @@ class GPLQHook(Hook):
         model = _unwrap(runner.model)
         n = math.ceil(n_total / get_world_size())
         seen, t0, last = 0, time.time(), time.time()
-        while seen < n:
-            for data in runner.train_dataloader:
-                data = model.data_preprocessor(data, False)
-                k = min(len(data['inputs']), n - seen)
-                data['inputs'] = data['inputs'][:k]
-                if data.get('data_samples') is not None:
-                    data['data_samples'] = data['data_samples'][:k]
-                yield data  # the consumer's work is timed too
-                seen += k
-                now = time.time()
-                if what and (seen >= n or now - last >= self.PROGRESS_S):
-                    last = now
-                    rate = seen / max(now - t0, 1e-9)
-                    runner.logger.info(
-                        f'GPLQ {what}: {seen}/{n} images on this process, '
-                        f'{rate:.1f} images/s, ETA {(n - seen) / rate:.0f}s')
-                if seen >= n:
-                    return
+        for data in take_images(runner.train_dataloader,
+                                lambda d: model.data_preprocessor(d, False),
+                                n):
+            yield data  # the consumer's work is timed too
+            seen += len(data['inputs'])
+            now = time.time()
+            if what and (seen >= n or now - last >= self.PROGRESS_S):
+                last = now
+                rate = seen / max(now - t0, 1e-9)
+                runner.logger.info(
+                    f'GPLQ {what}: {seen}/{n} images on this process, '
+                    f'{rate:.1f} images/s, ETA {(n - seen) / rate:.0f}s')
 
     # -- hooks --------------------------------------------------------------
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -182,6 +177,11 @@ class GPLQHook(Hook):
             self.stats.update(model.prepare(
                 self._batches(runner, self.pca_images, 'PCA')))
             self.stats['pca_s'] = time.time() - t
+        # the steps whose mean is logged every iteration (found once)
+        self._trained_steps = {
+            role: [q.step for _, q in iter_quantizers(model.student, role)
+                   if q.enabled and q.step.requires_grad]
+            for role in ('act', 'weight')}
         self._reset_peak()
         self._t_stage1 = time.time()
 
@@ -190,10 +190,7 @@ class GPLQHook(Hook):
         """The mean learned step of the activation quantizers (and of the
         weight quantizers where they train) joins the losses in the log and
         in the visualizer's backends (``train/act_step_mean``)."""
-        model = _unwrap(runner.model)
-        for role in ('act', 'weight'):
-            steps = [q.step for _, q in iter_quantizers(model.student, role)
-                     if q.enabled and q.step.requires_grad]
+        for role, steps in self._trained_steps.items():
             if steps:
                 mean = torch.cat([s.detach().reshape(-1) for s in steps])
                 runner.message_hub.update_scalar(f'train/{role}_step_mean',
