@@ -1,13 +1,14 @@
 """gplq_mm: GPLQ (activation-only QAT, then weight PTQ) for OpenMMLab ViTs.
 
 ``import gplq_mm`` (or ``custom_imports = dict(imports=['gplq_mm'])`` in a
-config) registers the models and the hook, and changes nothing else. To load
+config) registers the models, the hook and the train loop, and changes nothing else. To load
 mmengine checkpoints with torch >= 2.6 in code of your own, see
 :mod:`gplq_mm.utils.checkpoint` (``tools/train.py`` and ``tools/test.py``
 do it for you).
 """
-from .engine import GPLQHook
+from .engine import GPLQHook, GPLQTrainLoop
 from .models import GPLQClassifier, GPLQDetector
 
 __version__ = '0.1.0'
-__all__ = ['GPLQClassifier', 'GPLQDetector', 'GPLQHook', '__version__']
+__all__ = ['GPLQClassifier', 'GPLQDetector', 'GPLQHook', 'GPLQTrainLoop',
+           '__version__']

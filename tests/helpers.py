@@ -70,6 +70,8 @@ def gplq_cfg(root, work_dir, checkpoint, train_images=64, max_epochs=1,
                                             weight_decay=0.0))
     cfg.custom_hooks = [dict(type='GPLQHook', calib_images=32,
                              pca_images=64, ptq_images=32, **(hook or {}))]
+    cfg.train_cfg = dict(type='GPLQTrainLoop', max_epochs=max_epochs,
+                         val_interval=100)
     return cfg
 
 

@@ -29,7 +29,12 @@ def test_config_builds_the_paper_recipe(path):
     assert [(g['lr'], g['weight_decay'])
             for g in optim.optimizer.param_groups] == [(5e-6, 0.0)]
     assert cfg.param_scheduler == []
-    assert cfg.train_cfg.max_epochs == 1
+    # the exactly resumable loop, a checkpoint every 2000 iterations
+    assert cfg.train_cfg == dict(type='GPLQTrainLoop', max_epochs=1,
+                                 val_interval=1)
+    ckpt = cfg.default_hooks.checkpoint
+    assert (ckpt.by_epoch, ckpt.interval, ckpt.backend_args) == (
+        False, 2000, dict(backend='gplq_atomic'))
     assert cfg.train_dataloader.batch_size == (1 if det else 16)
     hooks = [HOOKS.build(h) for h in cfg.custom_hooks]
     assert [type(h).__name__ for h in hooks] == ['GPLQHook']

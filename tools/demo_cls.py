@@ -41,7 +41,7 @@ def main():
         cost['GPLQ (Stage 1 + 2)'] = run('GPLQ W4A4', [
             'tools/train.py', CLS_GPLQ_CFG, '--work-dir', gplq_dir,
             '--cfg-options', f'model.checkpoint={fp_ckpt}'])
-    stage1_ckpt = f'{gplq_dir}/epoch_5.pth'
+    stage1_ckpt = f'{gplq_dir}/gplq_stage1.pth'
     evals = [
         ('FP32', CLS_FP_CFG, fp_ckpt, []),
         ('Stage 1 (W32A4)', CLS_GPLQ_CFG, stage1_ckpt, []),

@@ -44,7 +44,8 @@ def main():
                 f'GPLQ W4A4, scope {scope}', [
                     'tools/train.py', cfg, '--work-dir', work,
                     '--cfg-options', f'model.checkpoint={fp_ckpt}'])
-        evals += [(f'Stage 1 (W32A4), {scope}', cfg, f'{work}/epoch_3.pth',
+        evals += [(f'Stage 1 (W32A4), {scope}', cfg,
+                   f'{work}/gplq_stage1.pth',
                    scope),
                   (f'W4A4 (GPLQ), {scope}', cfg, f'{work}/gplq_w4a4.pth',
                    scope)]

@@ -10,4 +10,4 @@ from gplq_mm.recipes import detection  # noqa: E402
 globals().update(detection(
     _base_, checkpoint='work_dirs/demo/det_fp/epoch_24.pth', lr=1e-4,
     batch_size=4, epochs=3, calib_images=64, ptq_images=256,
-    clip_grad=dict(max_norm=10.0)))
+    clip_grad=dict(max_norm=10.0), checkpoint_interval=75))

@@ -10,4 +10,4 @@ from gplq_mm.recipes import classification  # noqa: E402
 # instead: the same recipe scaled to a dataset ~900x smaller.
 globals().update(classification(
     _base_, checkpoint='work_dirs/demo/fp/epoch_60.pth', lr=1e-4, epochs=5,
-    pca_images=1024, log_interval=None))
+    pca_images=1024, checkpoint_interval=90, log_interval=None))

@@ -1,3 +1,4 @@
 from .hooks import GPLQHook
+from .loops import GPLQTrainLoop
 
-__all__ = ['GPLQHook']
+__all__ = ['GPLQHook', 'GPLQTrainLoop']

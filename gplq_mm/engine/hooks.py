@@ -15,6 +15,7 @@ from mmengine.registry import HOOKS
 from ..quant import iter_quantizers
 from ..utils.checkpoint import ATOMIC_BACKEND
 from ..utils.data import take_images
+from .loops import GPLQTrainLoop
 
 __all__ = ['GPLQHook']
 
@@ -31,9 +32,10 @@ class GPLQHook(Hook):
       already holds): calibrate the activation quantizers on
       ``calib_images`` training images (Stage 1 starts), and fit the PCA of
       the teacher's penultimate features on ``pca_images`` images.
-    * ``after_train``: Stage 2 (weight PTQ + QwT on ``ptq_images`` training
-      images), save ``<work_dir>/<final_name>``, and evaluate it when a
-      validation loop is configured.
+    * ``after_train``: save the Stage-1 model (``<method>_stage1.pth``),
+      run Stage 2 (weight PTQ + QwT on ``ptq_images`` training images),
+      save ``<work_dir>/<final_name>``, and evaluate it when a validation
+      loop is configured.
 
     Wall times, peak memory, the PCA dimension and the QwT fits go to
     ``<work_dir>/gplq_stats.json``.
@@ -108,8 +110,10 @@ class GPLQHook(Hook):
         ``PROGRESS_S`` seconds and at the end."""
         model = _unwrap(runner.model)
         n = math.ceil(n_total / get_world_size())
+        loader = runner.train_loop.step_loader() if isinstance(
+            runner.train_loop, GPLQTrainLoop) else runner.train_dataloader
         seen, t0, last = 0, time.time(), time.time()
-        for data in take_images(runner.train_dataloader,
+        for data in take_images(loader,
                                 lambda d: model.data_preprocessor(d, False),
                                 n):
             yield data  # the consumer's work is timed too
@@ -200,9 +204,11 @@ class GPLQHook(Hook):
         self.stats.update(stage1_s=time.time() - self._t_stage1,
                           stage1_peak_mem_mb=self._peak_memory_mb())
         self._dump(runner)
+        model = _unwrap(runner.model)
+        if model.trains and model.stage == 1:
+            self._save(runner, f'{model.method}_stage1.pth')
         if not self.weight_ptq:
             return
-        model = _unwrap(runner.model)
         if model.stage >= 2:
             runner.logger.info('GPLQ: model already at W4A4; Stage 2 skipped')
             return
@@ -221,13 +227,18 @@ class GPLQHook(Hook):
             f'GPLQ: Stage 2 (weight PTQ{" + QwT" if r2 else ""}) on '
             f'{self.ptq_images} images took {time.time() - t:.1f}s')
         qc = model.quant_cfg
-        name = self.final_name or \
-            f'{model.method}_w{qc.w_bits}a{qc.a_bits}.pth'
+        self._save(runner, self.final_name or
+                   f'{model.method}_w{qc.w_bits}a{qc.a_bits}.pth')
+        if runner.val_loop is not None:
+            runner.val_loop.run()
+
+    @staticmethod
+    def _save(runner, name: str) -> None:
+        """The model (no optimizer state) to ``<work_dir>/<name>``,
+        atomically."""
         runner.save_checkpoint(
             runner.work_dir, name, save_optimizer=False,
             save_param_scheduler=False,
             backend_args=dict(backend=ATOMIC_BACKEND))
-        runner.logger.info(f'GPLQ: final checkpoint saved to '
+        runner.logger.info(f'GPLQ: checkpoint saved to '
                            f'{runner.work_dir}/{name}')
-        if runner.val_loop is not None:
-            runner.val_loop.run()

@@ -88,32 +88,6 @@ def test_one_run_gives_w4a4_checkpoint_that_tests(digits_root, fp_checkpoint,
             Runner.from_cfg(bad).test()
 
 
-def test_resume_continues_stage1(digits_root, fp_checkpoint, tmp_path):
-    hook = dict(weight_ptq=False)
-    full = Runner.from_cfg(gplq_cfg(digits_root, str(tmp_path / 'full'),
-                                    fp_checkpoint, max_epochs=2, hook=hook))
-    full.train()
-    part = Runner.from_cfg(gplq_cfg(digits_root, str(tmp_path / 'part'),
-                                    fp_checkpoint, max_epochs=1, hook=hook))
-    part.train()
-    cfg = gplq_cfg(digits_root, str(tmp_path / 'part'), fp_checkpoint,
-                   max_epochs=2, hook=hook)
-    cfg.resume = True
-    resumed = Runner.from_cfg(cfg)
-    calls = []
-    resumed.model.calibrate = lambda *a: calls.append('calibrate')
-    resumed.model.prepare = lambda *a: calls.append('pca')
-    with mmengine_checkpoint_globals():
-        resumed.train()
-    assert calls == []  # quantizer and PCA state came from the checkpoint
-    assert resumed.epoch == 2
-    a = _student_state(tmp_path / 'full' / 'epoch_2.pth')
-    b = _student_state(tmp_path / 'part' / 'epoch_2.pth')
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
-
-
 def test_dataset_too_small_fails_before_training(digits_root, fp_checkpoint,
                                                  tmp_path):
     cfg = gplq_cfg(digits_root, str(tmp_path), fp_checkpoint,
