@@ -107,4 +107,5 @@ def gplq_det_cfg(root, work_dir, checkpoint, scope='backbone',
                                             weight_decay=0.0))
     cfg.custom_hooks = [dict(type='GPLQHook', calib_images=4,
                              ptq_images=4)]
+    cfg.train_cfg = dict(cfg.train_cfg, type='GPLQTrainLoop')
     return cfg

@@ -69,7 +69,7 @@ def quantizer_stats(model, batches: List[dict]) -> List[dict]:
             continue
         a = acc[name]
         ratio = M.range_over_grid(a['amax'], q.step,
-                                  1 if q.grid == 'log2' else q.qmax)
+                                  1 if q.grid != 'uniform' else q.qmax)
         low, high, n = (float(v) for v in a['clip'])
         rows.append(dict(
             name=name, role=q.role, bits=q.bits, grid=q.grid,

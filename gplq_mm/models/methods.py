@@ -49,7 +49,7 @@ METHODS: Dict[str, MethodRecipe] = {
                              weights_in_stage1=True, qwt=False),
     'minmax-ptq': MethodRecipe(quant=dict(_PER_TENSOR, attn_init='minmax'),
                                trains=False, qwt=False, clip=(1.0, )),
-    'repq-ptq': MethodRecipe(quant=dict(_PER_TENSOR, softmax_grid='log2'),
+    'repq-ptq': MethodRecipe(quant=dict(_PER_TENSOR, softmax_grid='log_sqrt2'),
                              trains=False, qwt=False, reparam=True),
 }
 

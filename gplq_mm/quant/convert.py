@@ -41,7 +41,8 @@ class QuantConfig:
             ``'percentile'``. Defaults to ``'minmax'``.
         attn_init (str): q, k, v. Defaults to ``'percentile'``.
         softmax_init (str): Softmax output. Defaults to ``'minmax'``.
-        softmax_grid (str): Softmax output grid, ``'uniform'`` or ``'log2'``.
+        softmax_grid (str): Softmax output grid: ``'uniform'``, ``'log2'``
+            or ``'log_sqrt2'``.
             Defaults to ``'uniform'``.
         percentile (tuple[float]): ``(low, high)`` for percentile init.
             Defaults to ``(0.01, 0.99)``.

@@ -18,7 +18,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 __all__ = [
-    'qrange', 'broadcast_shape', 'fake_quant', 'log2_quant', 'lsq_grad_scale',
+    'qrange', 'broadcast_shape', 'fake_quant', 'log2_quant', 'log_sqrt2_quant',
+    'LOG_GRIDS', 'lsq_grad_scale',
     'lsq_backward', 'group_rows', 'minmax_range', 'percentile_range',
     'step_from_range', 'search_weight_step'
 ]
@@ -85,6 +86,27 @@ def log2_quant(x: torch.Tensor, step: torch.Tensor,
     k = torch.round(-torch.log2((x / step).clamp(min=1e-30)))
     out = step * torch.exp2(-k.clamp(min=0))
     return torch.where(k > levels - 2, torch.zeros_like(out), out)
+
+
+def log_sqrt2_quant(x: torch.Tensor, step: torch.Tensor,
+                    levels: int) -> torch.Tensor:
+    """RepQ-ViT's log-sqrt(2) fake quantization of non-negative ``x``:
+    ``s * sqrt(2)^-k`` for ``k = round(-2 log2(x / s))`` clamped to
+    ``0 .. levels - 1``, and zero where ``k >= levels`` (as RepQ-ViT's
+    ``LogSqrt2Quantizer``: its ``levels`` codes are all non-zero values).
+
+    Examples:
+        >>> log_sqrt2_quant(torch.tensor([1.0, 0.6, 0.45, 0.3, 0.2]),
+        ...                 torch.tensor(1.0), levels=4)
+        tensor([1.0000, 0.7071, 0.5000, 0.3536, 0.0000])
+    """
+    k = torch.round(-2 * torch.log2((x / step).clamp(min=1e-30)))
+    out = step * torch.exp2(-0.5 * k.clamp(min=0))
+    return torch.where(k >= levels, torch.zeros_like(out), out)
+
+
+# the log grids: unsigned, a fixed step that is the grid's largest value
+LOG_GRIDS = {'log2': log2_quant, 'log_sqrt2': log_sqrt2_quant}
 
 
 def lsq_grad_scale(numel_per_step: int, qmax: int) -> float:
@@ -191,7 +213,7 @@ def percentile_range(x: torch.Tensor,
 
 def step_from_range(lo: torch.Tensor, hi: torch.Tensor, qmax: int,
                     signed: bool) -> torch.Tensor:
-    """Symmetric step of a grid whose largest code is ``qmax`` (1 for a log2
+    """Symmetric step of a grid whose largest code is ``qmax`` (1 for a log
     grid, whose step is its largest value): ``max(|lo|, |hi|) / qmax``
     when signed, ``max(hi, 0) / qmax`` otherwise; at least 1e-8.
 

@@ -1,5 +1,5 @@
 """The autograd functions of fake quantization: LSQ fake quantization, the
-log2 grid, and the fused Stage-1 kernels (quantized Linear, quantized
+log grids, and the fused Stage-1 kernels (quantized Linear, quantized
 attention) that save less for backward than the composed ops.
 
 Their numerics are those of :mod:`gplq_mm.quant.functional`; every function
@@ -10,10 +10,10 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.utils.checkpoint
 
-from .functional import (broadcast_shape, fake_quant, log2_quant,
+from .functional import (LOG_GRIDS, broadcast_shape, fake_quant,
                          lsq_backward, lsq_grad_scale)
 
-__all__ = ['lsq_fake_quant', 'log2_fake_quant', 'lsq_linear', 'lsq_attention']
+__all__ = ['lsq_fake_quant', 'log_fake_quant', 'lsq_linear', 'lsq_attention']
 
 
 class _LSQFakeQuant(torch.autograd.Function):
@@ -60,34 +60,35 @@ def lsq_fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
     return _LSQFakeQuant.apply(x, step, qmin, qmax, g, shape)
 
 
-class _Log2FakeQuant(torch.autograd.Function):
-    """Log2 grid, straight-through for x inside the grid; fixed step."""
+class _LogFakeQuant(torch.autograd.Function):
+    """A log grid, straight-through for x inside it; fixed step."""
 
     @staticmethod
-    def forward(ctx, x, step, levels, shape):
+    def forward(ctx, x, step, levels, shape, grid):
         ctx.save_for_backward(x, step)
         ctx.shape = shape
-        return log2_quant(x, step.to(x.dtype).view(shape), levels)
+        return LOG_GRIDS[grid](x, step.to(x.dtype).view(shape), levels)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, step = ctx.saved_tensors
         inside = (x >= 0) & (x <= step.to(x.dtype).view(ctx.shape))
-        return grad_out * inside, None, None, None
+        return grad_out * inside, None, None, None, None
 
 
-def log2_fake_quant(x: torch.Tensor, step: torch.Tensor, bits: int,
-                    axis: int = -1) -> torch.Tensor:
-    """:func:`~gplq_mm.quant.functional.log2_quant` on ``2^bits`` codes,
-    straight-through for ``x`` inside ``[0, step]``; the step is fixed.
+def log_fake_quant(x: torch.Tensor, step: torch.Tensor, bits: int,
+                   axis: int = -1, grid: str = 'log2') -> torch.Tensor:
+    """A log grid of :data:`~gplq_mm.quant.functional.LOG_GRIDS`
+    (``'log2'`` or ``'log_sqrt2'``) on ``2^bits`` codes, straight-through
+    for ``x`` inside ``[0, step]``; the step is fixed.
 
     Examples:
-        >>> log2_fake_quant(torch.tensor([1.0, 0.3, 0.2, 0.1]),
-        ...                 torch.tensor([1.0]), bits=2)
+        >>> log_fake_quant(torch.tensor([1.0, 0.3, 0.2, 0.1]),
+        ...                torch.tensor([1.0]), bits=2)
         tensor([1.0000, 0.2500, 0.2500, 0.0000])
     """
     shape = broadcast_shape(x.dim(), axis, step.numel())
-    return _Log2FakeQuant.apply(x, step, 2**bits, shape)
+    return _LogFakeQuant.apply(x, step, 2**bits, shape, grid)
 
 
 class _LSQLinear(torch.autograd.Function):

@@ -7,12 +7,12 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from . import functional as QF
-from .fused import log2_fake_quant, lsq_fake_quant
+from .fused import log_fake_quant, lsq_fake_quant
 
 __all__ = ['FakeQuantizer']
 
 GRANULARITIES = ('tensor', 'channel')
-GRIDS = ('uniform', 'log2')
+GRIDS = ('uniform', *QF.LOG_GRIDS)
 INIT_METHODS = ('minmax', 'percentile')
 
 
@@ -35,8 +35,9 @@ class FakeQuantizer(nn.Module):
             Defaults to ``(0.01, 0.99)``.
         role (str): ``'act'`` or ``'weight'``; used by ``set_quant_state``.
             Defaults to ``'act'``.
-        grid (str): ``'uniform'`` (LSQ) or ``'log2'`` (unsigned, powers of two
-            below the step, fixed step; for softmax outputs).
+        grid (str): ``'uniform'`` (LSQ), or a log grid for softmax outputs
+            (unsigned, fixed step): ``'log2'`` (powers of two below the
+            step) or ``'log_sqrt2'`` (RepQ-ViT's powers of sqrt(2)).
             Defaults to ``'uniform'``.
         device (torch.device, optional): Where the state is allocated.
 
@@ -69,7 +70,7 @@ class FakeQuantizer(nn.Module):
             if val not in allowed:
                 raise ValueError(f'{name}={val!r} is not allowed: use one of '
                                  f'{allowed}')
-        if grid == 'log2':
+        if grid != 'uniform':
             signed, learnable = False, False
         if granularity == 'tensor':
             num_channels = 1
@@ -121,8 +122,9 @@ class FakeQuantizer(nn.Module):
         if not self.enabled:
             return x
         self.check_ready()
-        if self.grid == 'log2':
-            return log2_fake_quant(x, self.step, self.bits, self.axis)
+        if self.grid != 'uniform':
+            return log_fake_quant(x, self.step, self.bits, self.axis,
+                                  self.grid)
         return lsq_fake_quant(x, self.step, self.qmin, self.qmax, self.axis)
 
     # calibration -----------------------------------------------------------
@@ -171,8 +173,8 @@ class FakeQuantizer(nn.Module):
                 dist.all_reduce(lo)
                 dist.all_reduce(hi)
                 lo, hi = lo / ws, hi / ws
-        # The log2 grid's step is its largest value; uniform: amax / qmax.
-        top = 1 if self.grid == 'log2' else self.qmax
+        # A log grid's step is its largest value; uniform: amax / qmax.
+        top = 1 if self.grid != 'uniform' else self.qmax
         self.set_step(QF.step_from_range(lo, hi, top, self.signed))
 
     @torch.no_grad()

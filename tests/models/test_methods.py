@@ -73,13 +73,13 @@ def test_minmax_ptq_is_per_tensor_with_full_range_weights(fp_checkpoint):
                                   rtol=1e-5)
 
 
-def test_repq_uses_log2_softmax_and_reparameterizes(fp_checkpoint):
+def test_repq_uses_log_sqrt2_softmax_and_reparameterizes(fp_checkpoint):
     float_model = _build('gplq', fp_checkpoint)
     float_model.init_weights()
     model = _calibrated('repq-ptq', fp_checkpoint)
     ps = [q for n, q in iter_quantizers(model.student)
           if n.endswith('p_quantizer')]
-    assert ps and all(q.grid == 'log2' for q in ps)
+    assert ps and all(q.grid == 'log_sqrt2' for q in ps)
     ln = model.student.backbone.layers[0].ln1
     ln_float = float_model.student.backbone.layers[0].ln1
     assert not torch.equal(ln.weight, ln_float.weight)

@@ -66,3 +66,22 @@ def test_log2_grid():
                                           0.0]))
     tiny = QF.log2_quant(torch.tensor([0.5 * 2**-6, 0.5 * 2**-7]), s, 8)
     assert torch.equal(tiny, torch.tensor([0.5 * 2**-6, 0.0]))
+
+
+def test_log_sqrt2_grid_is_repq_vits():
+    """Hand-computed, 2 bits (4 codes), step 1: -2 log2(x) = 0, 1.47, 2.30,
+    3.47, 4.64 rounds to k = 0, 1, 2, 3, 5; sqrt(2)^-k, and 0 for k >= 4."""
+    x = torch.tensor([1.0, 0.6, 0.45, 0.3, 0.2, 1.3, 0.0])
+    out = QF.log_sqrt2_quant(x, torch.tensor(1.0), levels=4)
+    r = 2 ** -0.5
+    assert torch.allclose(out, torch.tensor([1, r, 0.5, r / 2, 0, 1, 0]),
+                          rtol=0, atol=1e-7)
+    # RepQ-ViT's own formulation (LogSqrt2Quantizer: ceil and an odd-code
+    # factor sqrt(2)) on many values, 4 bits, step 0.9
+    x = torch.rand(10000) ** 4
+    k = torch.round(-2 * torch.log2(x / 0.9))
+    q = k.clamp(0, 15)
+    ref = 2 ** (-torch.ceil(q / 2)) * (1 + (q % 2) * (2 ** 0.5 - 1)) * 0.9
+    ref[k >= 16] = 0
+    out = QF.log_sqrt2_quant(x, torch.tensor(0.9), levels=16)
+    assert torch.allclose(out, ref, rtol=1e-6, atol=0)
