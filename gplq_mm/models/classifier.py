@@ -20,13 +20,17 @@ class GPLQClassifier(GPLQModel):
 
     Stage-1 loss: the head's task loss (``loss_cls``) plus
     ``alpha * L_PCA`` (``loss_pca``) between the student's and the frozen
-    teacher's penultimate features (the pre-logits the head consumes,
-    concatenated when the head takes several tokens).
+    teacher's penultimate features (the pre-logits the head consumes).
 
     Args:
         alpha (float): Weight of L_PCA; 0 disables it. Defaults to 1.0.
         pca_cfg (dict): ``threshold`` (explained-variance ratio, 0.6) and
-            ``multiple`` (32) for the kept dimension.
+            ``multiple`` (32) for the kept dimension; ``tokens`` for a head
+            that consumes several tokens (DeiT-distilled: class and
+            distillation token): ``'all'`` (default) concatenates them, the
+            feature the classifier's last layer reads, its logits being the
+            mean of both tokens' heads; ``'first'`` takes the class token
+            alone. Single-token heads are the same either way.
         **kwargs: See :class:`GPLQModel`.
     """
     task = 'classifier'
@@ -38,15 +42,23 @@ class GPLQClassifier(GPLQModel):
             raise ValueError(f'GPLQClassifier.alpha={alpha!r} is not '
                              'allowed: use a finite number >= 0 (0 turns '
                              'L_PCA off)')
+        pca_cfg = dict(pca_cfg or {})
+        self.pca_tokens = pca_cfg.pop('tokens', 'all')
+        if self.pca_tokens not in ('all', 'first'):
+            raise ValueError(f'GPLQClassifier.pca_cfg.tokens='
+                             f"{self.pca_tokens!r}: use 'all' or 'first'")
         super().__init__(*args, **kwargs)
         self.alpha = float(alpha)
-        self.pca = PCAProjector(head_feature_dim(self.student.head),
-                                **dict(pca_cfg or {}))
+        head = self.student.head
+        dim = head_feature_dim(head) if self.pca_tokens == 'all' else (
+            getattr(head, 'hidden_dim', None) or head.in_channels)
+        self.pca = PCAProjector(dim, **pca_cfg)
 
-    @staticmethod
-    def _pre_logits(model: nn.Module, feats) -> torch.Tensor:
+    def _pre_logits(self, model: nn.Module, feats) -> torch.Tensor:
         f = model.head.pre_logits(feats)
-        return torch.cat(f, dim=-1) if isinstance(f, (tuple, list)) else f
+        if not isinstance(f, (tuple, list)):
+            return f
+        return f[0] if self.pca_tokens == 'first' else torch.cat(f, dim=-1)
 
     @torch.no_grad()
     def teacher_features(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -137,3 +137,34 @@ def test_images_with_other_channels_are_refused():
                        'model takes 3'):
         _build().check_data(dict(inputs=torch.randn(2, 1, 16, 16)))
     _build().check_data(dict(inputs=torch.randn(2, 3, 16, 16)))
+
+
+@pytest.mark.parametrize('tokens', ['all', 'first'])
+def test_deit_distilled_pca_features(tokens):
+    """DeiT-distilled's head consumes the class and the distillation token:
+    L_PCA reads both, concatenated (``'all'``, default), or the class
+    token alone (``'first'``)."""
+    from mmengine.registry import DefaultScope
+    arch = dict(
+        type='ImageClassifier',
+        backbone=dict(type='DistilledVisionTransformer',
+                      arch=dict(embed_dims=32, num_layers=1, num_heads=2,
+                                feedforward_channels=64),
+                      img_size=16, patch_size=4),
+        head=dict(type='DeiTClsHead', num_classes=10, in_channels=32))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(dict(type='GPLQClassifier', architecture=arch,
+                                  pca_cfg=dict(tokens=tokens)))
+    x = torch.randn(3, 3, 16, 16)
+    cls_tok, dist_tok = model.teacher.head.pre_logits(
+        model.teacher.extract_feat(x))
+    f = model.teacher_features(x)
+    want = torch.cat([cls_tok, dist_tok], -1) if tokens == 'all' else cls_tok
+    assert model.pca.dim == want.shape[1] == (64 if tokens == 'all' else 32)
+    assert torch.equal(f, want)
+
+
+def test_bad_pca_tokens_are_refused():
+    with pytest.raises(ValueError, match="pca_cfg.tokens='dist': use 'all' "
+                       "or 'first'"):
+        _build(pca_cfg=dict(tokens='dist'))
