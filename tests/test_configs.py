@@ -130,3 +130,42 @@ def _annotated_image(model):
         labels=torch.tensor([3]), masks=BitmapMasks(mask.numpy(), h, w))
     torch.manual_seed(0)
     return dict(inputs=torch.randn(1, 3, h, w), data_samples=[sample])
+
+
+def test_cascade_is_the_swin_authors_architecture_and_their_keys_load():
+    """4conv1fc box heads with GIoU on decoded boxes in all 3 stages; a
+    checkpoint in the Swin authors' (mmdet 2.x) key layout, converted by
+    tools/convert_swin_det.py, loads strictly."""
+    import importlib.util
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    cfg = Config.fromfile(osp.join(
+        ROOT, 'configs/gplq_det/_base_/'
+        'cascade-mask-rcnn_swin-t-p4-w7_fpn_ms-3x_coco.py'))
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = MODELS.build(cfg.model)
+    heads = model.roi_head.bbox_head
+    assert [type(h).__name__ for h in heads] == ['Shared4Conv1FCBBoxHead'] * 3
+    assert all(type(h.loss_bbox).__name__ == 'GIoULoss' and h.reg_decoded_bbox
+               and not h.reg_class_agnostic for h in heads)
+    own = model.state_dict()
+    # the same tensors under the authors' names
+    renames = (('backbone.stages.', 'backbone.layers.'),
+               ('.attn.w_msa.', '.attn.'), ('.ffn.layers.0.0.', '.mlp.fc1.'),
+               ('.ffn.layers.1.', '.mlp.fc2.'),
+               ('patch_embed.projection', 'patch_embed.proj'))
+    theirs = {}
+    for k, v in own.items():
+        for a, b in renames:
+            k = k.replace(a, b)
+        theirs[k] = v
+    spec = importlib.util.spec_from_file_location(
+        'convert_swin_det', osp.join(ROOT, 'tools/convert_swin_det.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    converted = tool.convert(theirs)
+    model.load_state_dict(converted, strict=True)
+    key = 'backbone.stages.2.blocks.1.attn.w_msa.qkv.weight'
+    assert torch.equal(converted[key], own[key])
+    with pytest.raises(ValueError, match='already mmdet 3.x'):
+        tool.convert(own)

@@ -1,6 +1,11 @@
-# GPLQ W4A4 for cascade-mask-rcnn_swin-t-p4-w7_fpn_ms-3x on COCO (FP32 50.4 / 43.7; RepQ-ViT W4A4 47.0 / 41.4 (other PTQ work)).
-# scope='backbone' quantizes the Swin backbone; the *_full.py variant the
-# whole detector. Recipe: gplq_mm.recipes.detection.
+# GPLQ W4A4 for cascade-mask-rcnn_swin-t-p4-w7_fpn_ms-3x on COCO, scope 'backbone': the Swin backbone
+# is quantized; FPN, RPN and RoI heads stay FP32.
+# Box / mask AP.
+# No GPLQ number exists (the paper has no Cascade Mask R-CNN). FP32
+# 50.4 / 43.7 is the Swin authors' checkpoint of this architecture (see
+# _base_); RepQ-ViT W4A4 47.0 / 41.4 and RepQ-ViT + QwT 47.6 / 41.8 (other PTQ
+# work) quantize the whole detector: compare them with *_full.py.
+# Recipe: gplq_mm.recipes.detection.
 #   bash tools/dist_train.sh configs/gplq_det/gplq_cascade-mask-rcnn_swin-t-p4-w7_fpn_ms-3x_coco_w4a4.py 8
 #   bash tools/dist_test.sh configs/gplq_det/gplq_cascade-mask-rcnn_swin-t-p4-w7_fpn_ms-3x_coco_w4a4.py \
 #       work_dirs/gplq_cascade-mask-rcnn_swin-t-p4-w7_fpn_ms-3x_coco_w4a4/gplq_w4a4.pth 8
