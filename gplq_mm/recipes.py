@@ -15,8 +15,9 @@ mmengine runs a text config as Python with the merged base config bound to
 into the host's like any child config's (``_delete_`` where the host's
 value is replaced). ``--cfg-options`` overrides the result as usual.
 """
+import copy
 import importlib.util
-from typing import Optional
+from typing import Optional, Tuple
 
 __all__ = ['classification', 'detection']
 
@@ -65,11 +66,37 @@ def _common(base, lr: float, batch_size: int, epochs: int, hook: dict,
         custom_hooks=[dict(type='GPLQHook', **hook)])
 
 
+# Training-pipeline transforms that regularize (photometric and erasing
+# augmentation); the geometric crop / flip and the loading stay.
+REGULARIZING_TRANSFORMS = ('RandAugment', 'AutoAugment', 'RandomErasing',
+                           'ColorJitter', 'GaussianBlur', 'Lighting',
+                           'RandomGrayscale', 'Solarize', 'Posterize')
+
+
+def _without_regularization(base) -> Tuple[dict, dict]:
+    """The host's classifier config and training dataset with Stage 1's
+    regularization off: no Mixup / CutMix (the classifier's
+    ``train_cfg.augments``), plain cross-entropy for label smoothing, no
+    drop_path, none of :data:`REGULARIZING_TRANSFORMS`."""
+    model = copy.deepcopy(base.model)
+    model['train_cfg'] = None
+    model['backbone']['drop_path_rate'] = 0.0
+    model['head']['loss'] = dict(type='CrossEntropyLoss', loss_weight=1.0)
+    try:
+        pipeline = base.train_dataloader.dataset.pipeline
+    except AttributeError:
+        raise ValueError("stage1_regularization='none' needs the host's "
+                         'train_dataloader.dataset.pipeline') from None
+    return model, dict(pipeline=[
+        t for t in pipeline if t['type'] not in REGULARIZING_TRANSFORMS])
+
+
 def classification(base, checkpoint: Optional[str], lr: float = 5e-6,
                    batch_size: int = 16, epochs: int = 1,
                    w_bits: int = 4, a_bits: int = 4, alpha: float = 1.0,
                    calib_images: int = 256, pca_images: int = 10000,
                    ptq_images: int = 512, checkpoint_interval: int = 2000,
+                   stage1_regularization: str = 'host',
                    log_interval: Optional[int] = 100) -> dict:
     """GPLQ of an mmpretrain classifier: ``GPLQClassifier`` around the
     host's model, L = L_CE + alpha * L_PCA, the paper's Stage 1 (AdamW,
@@ -84,19 +111,34 @@ def classification(base, checkpoint: Optional[str], lr: float = 5e-6,
             default, 2000 of the 10,009 iterations of an ImageNet epoch at
             8 x 16 images, is about 7 minutes of DeiT-S Stage 1 on 8 GPUs
             (35 minutes an epoch), more for the larger models.
+        stage1_regularization (str): What regularizes the student in
+            Stage 1 (the paper says nothing): ``'host'`` keeps what the
+            host's config trains with (Mixup / CutMix, label smoothing,
+            drop_path, RandAugment, RandomErasing: README "What Stage 1
+            inherits"); ``'none'`` turns all of them off
+            (:func:`_without_regularization`), keeping the crop and flip.
         log_interval (int, optional): Iterations between log lines; None
             keeps the host's.
         Others: as the model / hook fields of the same names.
     """
+    if stage1_regularization not in ('host', 'none'):
+        raise ValueError(f'stage1_regularization={stage1_regularization!r}:'
+                         " use 'host' or 'none'")
+    architecture, data = base.model, {}
+    if stage1_regularization == 'none':
+        architecture, data = _without_regularization(base)
+    common = _common(base, lr, batch_size, epochs,
+                     dict(calib_images=calib_images, pca_images=pca_images,
+                          ptq_images=ptq_images), checkpoint_interval,
+                     log_interval, None, None)
+    if data:
+        common['train_dataloader']['dataset'] = data
     return dict(
         model=dict(_delete_=True, type='GPLQClassifier',
-                   architecture=base.model, checkpoint=checkpoint,
+                   architecture=architecture, checkpoint=checkpoint,
                    quant_cfg=dict(w_bits=w_bits, a_bits=a_bits),
                    alpha=alpha),
-        **_common(base, lr, batch_size, epochs,
-                  dict(calib_images=calib_images, pca_images=pca_images,
-                       ptq_images=ptq_images), checkpoint_interval,
-                  log_interval, None, None))
+        **common)
 
 
 def detection(base, checkpoint: Optional[str], scope: str = 'backbone',

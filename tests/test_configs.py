@@ -169,3 +169,29 @@ def test_cascade_is_the_swin_authors_architecture_and_their_keys_load():
     assert torch.equal(converted[key], own[key])
     with pytest.raises(ValueError, match='already mmdet 3.x'):
         tool.convert(own)
+
+
+def test_stage1_regularization_none_turns_off_what_the_host_adds():
+    """Swin-T's host trains with Mixup / CutMix, label smoothing, drop_path
+    0.2, RandAugment and RandomErasing: 'none' removes each, keeps the crop,
+    the flip and everything else of the config."""
+    from gplq_mm.recipes import classification
+    host = Config.fromfile(osp.join(
+        ROOT, 'configs/gplq/gplq_swin-t_8xb16_w4a4_in1k.py'))
+    assert host.model.architecture.train_cfg.augments  # Mixup / CutMix
+    base = Config(dict(model=host.model.architecture,
+                       train_dataloader=host.train_dataloader))
+    on = classification(base, None, stage1_regularization='host')
+    off = classification(base, None, stage1_regularization='none')
+    arch = off['model']['architecture']
+    assert arch['train_cfg'] is None
+    assert arch['backbone']['drop_path_rate'] == 0.0
+    assert arch['head']['loss']['type'] == 'CrossEntropyLoss'
+    assert [t['type'] for t in off['train_dataloader']['dataset'][
+        'pipeline']] == ['LoadImageFromFile', 'RandomResizedCrop',
+                         'RandomFlip', 'PackInputs']
+    assert on['model']['architecture'] == host.model.architecture
+    assert 'dataset' not in on['train_dataloader']
+    assert arch['backbone']['arch'] == host.model.architecture.backbone.arch
+    with pytest.raises(ValueError, match="use 'host' or 'none'"):
+        classification(base, None, stage1_regularization='light')

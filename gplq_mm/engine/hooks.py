@@ -13,6 +13,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from ..quant import iter_quantizers
+from ..quant.qwt import TARGETS as QWT_TARGETS
 from ..utils.checkpoint import ATOMIC_BACKEND
 from ..utils.data import take_images
 from .loops import GPLQTrainLoop
@@ -49,6 +50,12 @@ class GPLQHook(Hook):
         qwt (bool): Fit QwT compensators. Defaults to True.
         qwt_ridge (float): Relative ridge term of the QwT solve.
             Defaults to 1e-4.
+        qwt_target (str): What QwT's compensator of a block predicts:
+            ``'same_input'`` (the paper's: the block's FP32-weight output
+            minus its 4-bit-weight output, on the same quantized input) or
+            ``'chained'`` (the block's output in a W32A4 pass minus its
+            output in the W4A4 pass, which also holds the drift of the
+            blocks before). Defaults to ``'same_input'``.
         weight_ptq (bool): Run Stage 2 after training. Defaults to True.
         final_name (str, optional): Name of the final checkpoint. Defaults to
             None: ``<method>_w<w_bits>a<a_bits>.pth``, e.g.
@@ -63,6 +70,7 @@ class GPLQHook(Hook):
                  ptq_images: int = 512,
                  qwt: bool = True,
                  qwt_ridge: float = 1e-4,
+                 qwt_target: str = 'same_input',
                  weight_ptq: bool = True,
                  final_name: Optional[str] = None):
         for name, v in (('calib_images', calib_images),
@@ -70,6 +78,10 @@ class GPLQHook(Hook):
                         ('ptq_images', ptq_images)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f'GPLQHook.{name}={v!r}: use an int >= 1')
+        if qwt_target not in QWT_TARGETS:
+            raise ValueError(f'GPLQHook.qwt_target={qwt_target!r}: use one '
+                             f'of {QWT_TARGETS}')
+        self.qwt_target = qwt_target
         self.calib_images, self.pca_images = calib_images, pca_images
         self.ptq_images, self.qwt, self.qwt_ridge = ptq_images, qwt, qwt_ridge
         self.weight_ptq, self.final_name = weight_ptq, final_name
@@ -218,7 +230,7 @@ class GPLQHook(Hook):
             self._batches(runner, self.ptq_images, 'Stage-2 data'))
         r2 = model.weight_ptq(
             batches, qwt=self.qwt, ridge=self.qwt_ridge,
-            logger=runner.logger.info)
+            qwt_target=self.qwt_target, logger=runner.logger.info)
         self.stats.update(stage2_s=time.time() - t,
                           stage2_peak_mem_mb=self._peak_memory_mb(),
                           qwt_r2=r2)

@@ -339,10 +339,11 @@ class GPLQModel(BaseModel):
 
     @torch.no_grad()
     def weight_ptq(self, batches: List[dict], qwt: bool = True,
-                   ridge: float = 1e-4,
+                   ridge: float = 1e-4, qwt_target: str = 'same_input',
                    logger: Optional[Callable[[str], None]] = None) -> dict:
         """Stage 2: per-channel weight steps by L2 clipping search, then QwT
-        block by block on ``batches``. Enters Stage 2."""
+        block by block on ``batches`` (``qwt_target``: see
+        :func:`~gplq_mm.quant.fit_qwt`). Enters Stage 2."""
         if self.stage < 1:
             raise RuntimeError('weight PTQ needs a Stage-1 model (activation '
                                'quantizers calibrated)')
@@ -362,7 +363,7 @@ class GPLQModel(BaseModel):
                 forward=lambda d: self.student.extract_feat(d['inputs']),
                 set_weight_quant=lambda on: set_quant_state(
                     self.student, weight=on),
-                ridge=ridge, logger=logger)
+                ridge=ridge, target=qwt_target, logger=logger)
         self.student.train(was_training)
         self.apply_stage()
         return r2

@@ -183,15 +183,15 @@ class _Stop(Exception):
 
 
 def _block_io(block: nn.Module, forward: Callable, batch) -> tuple:
-    """``(input, output)`` of ``block`` when ``forward(batch)`` runs; the
-    forward stops right after the block."""
+    """``(args, kwargs, output)`` of ``block``'s call when ``forward(batch)``
+    runs; the forward stops right after the block."""
     store = {}
 
-    def hook(mod, args, output):
-        store['io'] = (args[0], output)
+    def hook(mod, args, kwargs, output):
+        store['io'] = (args, kwargs, output)
         raise _Stop
 
-    handle = block.register_forward_hook(hook)
+    handle = block.register_forward_hook(hook, with_kwargs=True)
     try:
         forward(batch)
     except _Stop:
@@ -201,22 +201,33 @@ def _block_io(block: nn.Module, forward: Callable, batch) -> tuple:
     return store['io']
 
 
+TARGETS = ('same_input', 'chained')
+
+
 @torch.no_grad()
 def fit_qwt(blocks: List[Tuple[str, nn.Module]],
             batches: Iterable,
             forward: Callable,
             set_weight_quant: Callable[[bool], None],
             ridge: float = 1e-4,
+            target: str = 'same_input',
             logger: Optional[Callable[[str], None]] = None) -> Dict[str, float]:
     """Fit the compensators of ``blocks`` in order.
 
-    For block ``i`` and every batch: a W32A4 pass (weights float, no
-    compensation) gives the reference output ``Y``; a W4A4 pass (weights
-    quantized, blocks ``< i`` compensated) gives the block input ``X`` and
-    output ``Y_q``. Then ``[W_c; b_c]`` solves the ridge regression of
-    ``Y - Y_q`` on ``[X, 1]``. A compensator is kept only if its R^2 > 0
-    on held-out calibration images (see :class:`QwTStats`).
-    Each forward stops at block ``i``.
+    For block ``i`` and every batch, a W4A4 pass (weights quantized, blocks
+    ``< i`` compensated) gives the block input ``X`` and output ``Y_q``. The
+    reference output ``Y`` is, with ``target``:
+
+    * ``'same_input'`` (the paper's Eq. 3 and the QwT authors' code): block
+      ``i`` with FP32 weights on the same ``X``, so ``Y - Y_q`` is this
+      block's own weight-quantization error;
+    * ``'chained'``: block ``i``'s output in a separate W32A4 pass (all
+      weights FP32, no compensation), so the target also carries the drift
+      of the blocks before.
+
+    ``[W_c; b_c]`` solves the ridge regression of ``Y - Y_q`` on ``[X, 1]``.
+    A compensator is kept only if its R^2 > 0 on held-out calibration images
+    (see :class:`QwTStats`). Each forward stops at block ``i``.
 
     Args:
         blocks: ``(name, block)`` in forward order, each with ``block.qwt``.
@@ -224,10 +235,13 @@ def fit_qwt(blocks: List[Tuple[str, nn.Module]],
         forward: Runs the model on one batch.
         set_weight_quant: Switches weight quantization on / off.
         ridge: Relative ridge term (see :meth:`QwTStats.solve`).
+        target: ``'same_input'`` or ``'chained'``.
 
     Returns:
         dict: block name -> held-out R^2 (kept where > 0).
     """
+    if target not in TARGETS:
+        raise ValueError(f'QwT target={target!r}: use one of {TARGETS}')
     comps = [b.qwt for _, b in blocks]
     saved = [c.enabled for c in comps]
     r2s = {}
@@ -236,14 +250,20 @@ def fit_qwt(blocks: List[Tuple[str, nn.Module]],
         for i, (name, block) in enumerate(blocks):
             stats = None
             for batch in batches:
-                for c in comps:
-                    c.enabled = False
-                set_weight_quant(False)
-                _, y_ref = _block_io(block, forward, batch)  # W32A4
+                if target == 'chained':
+                    for c in comps:
+                        c.enabled = False
+                    set_weight_quant(False)
+                    y_ref = _block_io(block, forward, batch)[2]  # W32A4
                 for j, c in enumerate(comps):
                     c.enabled = j < i
                 set_weight_quant(True)
-                x, y_q = _block_io(block, forward, batch)  # W4A4
+                args, kwargs, y_q = _block_io(block, forward, batch)  # W4A4
+                if target == 'same_input':
+                    set_weight_quant(False)
+                    y_ref = block(*args, **kwargs)  # FP32 weights, same X
+                    set_weight_quant(True)
+                x = args[0]
                 if stats is None:
                     stats = QwTStats(x.shape[-1], y_ref.shape[-1],
                                      device=y_ref.device)

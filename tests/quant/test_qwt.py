@@ -68,9 +68,12 @@ def test_fit_qwt_reduces_error_and_drops_useless():
         set_quant_state(q, weight=True)
         return sum((flat(q(x)) - r).pow(2).sum() for x, r in zip(calib, ref))
 
+    # err() is the distance to the W32A4 model: what the 'chained' target
+    # fits (the paper's 'same_input' target fits each block's own weight
+    # error, test_qwt_targets_by_hand)
     before = err()
     r2 = fit_qwt(blocks, calib, q,
-                 lambda on: set_quant_state(q, weight=on))
+                 lambda on: set_quant_state(q, weight=on), target='chained')
     assert list(r2) == [n for n, _ in blocks]
     assert all(b.qwt.on for n, b in blocks if r2[n] > 0)
     assert err() < before
@@ -80,3 +83,51 @@ def test_fit_qwt_reduces_error_and_drops_useless():
     assert all(v <= 0 for v in r2.values())
     assert not any(b.qwt.on for _, b in blocks2)
     assert all(b.qwt.weight.abs().sum() == 0 for _, b in blocks2)
+
+
+def _io(model, block, x):
+    """(input, output) of ``block`` in ``model(x)``."""
+    got = {}
+    h = block.register_forward_hook(
+        lambda m, a, out: got.update(x=a[0], y=out))
+    model(x)
+    h.remove()
+    return got['x'], got['y']
+
+
+def test_qwt_targets_by_hand():
+    """The last block's compensator against a fit on hand-collected data:
+    X = its input in the W4A4 model (the earlier block compensated); target
+    = FP32-weight output on the same X minus the 4-bit-weight output
+    ('same_input', the paper's), or the output of a W32A4 pass without
+    compensation minus the 4-bit-weight output ('chained')."""
+    from gplq_mm.quant import fit_qwt, set_quant_state
+    from tests.backbones import inputs
+    calib = [inputs(seed=s, n=8) for s in range(4)]
+    fitted = {}
+    for target in ('same_input', 'chained'):
+        q, blocks = _converted_vit()
+        fit_qwt(blocks, calib, q, lambda on: set_quant_state(q, weight=on),
+                ridge=1e-4, target=target)
+        first, last = blocks[0][1], blocks[-1][1]
+        assert first.qwt.on and last.qwt.on
+        stats = QwTStats(last.qwt.weight.shape[1], last.qwt.weight.shape[0])
+        with torch.no_grad():
+            for x in calib:
+                last.qwt.enabled = False
+                x_in, y_q = _io(q, last, x)
+                set_quant_state(q, weight=False)
+                if target == 'same_input':
+                    y = last(x_in)
+                else:
+                    first.qwt.enabled = False
+                    y = _io(q, last, x)[1]
+                    first.qwt.enabled = True
+                set_quant_state(q, weight=True)
+                stats.update(x_in, y - y_q)
+        w, _ = stats.solve(1e-4)
+        assert torch.allclose(last.qwt.weight, w[:-1].T.float(), atol=1e-5)
+        assert torch.allclose(last.qwt.bias, w[-1].float(), atol=1e-5)
+        fitted[target] = last.qwt.weight.clone()
+    assert not torch.allclose(fitted['same_input'], fitted['chained'],
+                              atol=1e-3)
