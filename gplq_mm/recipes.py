@@ -19,7 +19,7 @@ import copy
 import importlib.util
 from typing import Optional, Tuple
 
-__all__ = ['classification', 'detection']
+__all__ = ['classification', 'detection', 'without_regularization']
 
 
 def _common(base, lr: float, batch_size: int, epochs: int, hook: dict,
@@ -73,7 +73,7 @@ REGULARIZING_TRANSFORMS = ('RandAugment', 'AutoAugment', 'RandomErasing',
                            'RandomGrayscale', 'Solarize', 'Posterize')
 
 
-def _without_regularization(base) -> Tuple[dict, dict]:
+def without_regularization(base) -> Tuple[dict, dict]:
     """The host's classifier config and training dataset with Stage 1's
     regularization off: no Mixup / CutMix (the classifier's
     ``train_cfg.augments``), plain cross-entropy for label smoothing, no
@@ -116,7 +116,7 @@ def classification(base, checkpoint: Optional[str], lr: float = 5e-6,
             host's config trains with (Mixup / CutMix, label smoothing,
             drop_path, RandAugment, RandomErasing: README "What Stage 1
             inherits"); ``'none'`` turns all of them off
-            (:func:`_without_regularization`), keeping the crop and flip.
+            (:func:`without_regularization`), keeping the crop and flip.
         log_interval (int, optional): Iterations between log lines; None
             keeps the host's.
         Others: as the model / hook fields of the same names.
@@ -126,7 +126,7 @@ def classification(base, checkpoint: Optional[str], lr: float = 5e-6,
                          " use 'host' or 'none'")
     architecture, data = base.model, {}
     if stage1_regularization == 'none':
-        architecture, data = _without_regularization(base)
+        architecture, data = without_regularization(base)
     common = _common(base, lr, batch_size, epochs,
                      dict(calib_images=calib_images, pca_images=pca_images,
                           ptq_images=ptq_images), checkpoint_interval,

@@ -38,6 +38,7 @@ def main():
     if args.out and runner.rank == 0:
         with open(args.out, 'w') as f:
             json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
+    del runner  # freed by finish_launch, before the interpreter exits
     finish_launch()
 
 

@@ -48,6 +48,7 @@ def main():
     # checkpoints, which hold numpy and mmengine types.
     with mmengine_checkpoint_globals():
         runner.train()
+    del runner  # freed by finish_launch, before the interpreter exits
     finish_launch()
 
 

@@ -1,4 +1,5 @@
 """Multi-process runs on machines without CUDA (gloo)."""
+import gc
 import os
 
 import torch
@@ -59,9 +60,20 @@ def prepare_launch(cfg) -> None:
 
 
 def finish_launch() -> None:
-    """Tear the process group down before exit: a gloo group left to the
-    interpreter's shutdown can abort the process ("terminate called without
-    an active exception") after the work is done."""
+    """Tear the distributed state down while the interpreter is fully alive.
+
+    Call it after dropping the last reference to the Runner (``del
+    runner``). A gloo process group whose last owner (the DDP wrapper's
+    reducer) is only freed during interpreter shutdown is destroyed there,
+    and a C++ worker thread that then needs the GIL is ended by Python
+    (``pthread_exit``) inside a ``noexcept`` frame: the process aborts with
+    "terminate called without an active exception" after its work is done
+    (seen about once in a hundred 2-process test runs; faulthandler showed
+    the main thread with no Python frame left). So: a barrier, the group
+    destroyed, then a garbage collection that frees the Runner (its hooks
+    and loops reference it in cycles), DDP and the group's backend now.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    gc.collect()

@@ -1,0 +1,147 @@
+"""Ablations of GPLQ's choices where the paper is silent, on the demo models,
+through tools/train.py and tools/test.py:
+
+    python tools/ablate.py qwt-target            # cls and det, W4A4 / W3A3
+    python tools/ablate.py stage1-regularization  # cls, W4A4 / W3A3
+
+qwt-target: QwT's regression target, the paper's ('same_input': one block,
+FP32 against 4-bit weights on the same quantized input) against the chained
+W32A4 output ('chained'); both from one Stage-1 model, Stage 2 rerun.
+stage1-regularization: Stage 1 with the host config's regularization
+(label smoothing, drop_path, the crop augmentation) or without
+(``gplq_mm.recipes`` ``stage1_regularization='none'``).
+
+The gplq runs are tools/benchmark.py's (``work_dirs/bench/<task>``), reused
+when present. Writes work_dirs/ablate/<name>/results.{md,json}.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+
+from mmengine.config import Config
+
+from gplq_mm.demo.runs import (CLS_GPLQ_CFG, DET_GPLQ_CFG, ROOT,
+                               cls_fp_model, det_fp_model, run)
+
+TASKS = dict(
+    cls=dict(cfg=CLS_GPLQ_CFG, fp_model=cls_fp_model,
+             metrics=('accuracy/top1', ), fmt='{:.2f}', scale=1),
+    det=dict(cfg=DET_GPLQ_CFG['full'], fp_model=det_fp_model,
+             metrics=('coco/bbox_mAP', 'coco/segm_mAP'), fmt='{:.1f}',
+             scale=100))
+
+
+def _train(work, cfg, fp_ckpt, options):
+    if not osp.isfile(f'{work}/gplq_stage1.pth') or not any(
+            f.startswith('gplq_w') for f in os.listdir(work)):
+        run(f'train {work}', ['tools/train.py', cfg, '--work-dir', work,
+                              '--cfg-options', f'model.checkpoint={fp_ckpt}']
+            + options)
+
+
+def _test(out, name, cfg, ckpt, options, metrics):
+    path = f'{out}/eval_{name}.json'
+    if not osp.isfile(path):
+        run(f'test {name}', ['tools/test.py', cfg, ckpt, '--out', path,
+                             '--work-dir', f'{out}/test_{name}'] +
+            (['--cfg-options'] + options if options else []))
+    m = json.load(open(path))
+    return {k: m[k] for k in metrics}
+
+
+def qwt_target(out):
+    rows = []
+    for task_name, task in TASKS.items():
+        fp_ckpt = task['fp_model']({})
+        for bits in (4, 3):
+            opts = [f'model.quant_cfg.w_bits={bits}',
+                    f'model.quant_cfg.a_bits={bits}']
+            base = f'work_dirs/bench/{task_name}/gplq_w{bits}a{bits}'
+            _train(base, task['cfg'], fp_ckpt, opts)  # same_input (default)
+            chained = f'{out}/{task_name}_w{bits}a{bits}_chained'
+            _train(chained, task['cfg'], fp_ckpt, opts + [
+                f'load_from={base}/gplq_stage1.pth',
+                'train_cfg.max_epochs=0',
+                'custom_hooks.0.qwt_target=chained'])
+            final = f'gplq_w{bits}a{bits}.pth'
+            for name, ckpt, extra in (
+                    ('no QwT', f'{base}/{final}', ['model.use_qwt=False']),
+                    ('same_input (paper)', f'{base}/{final}', []),
+                    ('chained', f'{chained}/{final}', [])):
+                tag = f'{task_name}_w{bits}a{bits}_{name.split()[0]}'
+                r2 = json.load(open(osp.join(osp.dirname(ckpt),
+                                             'gplq_stats.json')))['qwt_r2']
+                rows.append(dict(
+                    task=task_name, bits=bits, variant=name,
+                    kept=None if name == 'no QwT' else
+                    f'{sum(v > 0 for v in r2.values())}/{len(r2)}',
+                    **_test(out, tag, task['cfg'], ckpt, opts + extra,
+                            task['metrics'])))
+    return rows
+
+
+def stage1_regularization(out):
+    from gplq_mm.recipes import without_regularization
+    task = TASKS['cls']
+    fp_ckpt = task['fp_model']({})
+    cfg = Config.fromfile(task['cfg'])
+    host = Config(dict(model=cfg.model.architecture,
+                       train_dataloader=cfg.train_dataloader))
+    cfg.model.architecture, data = without_regularization(host)
+    cfg.train_dataloader.dataset.pipeline = data['pipeline']
+    os.makedirs(out, exist_ok=True)
+    none_cfg = f'{out}/gplq_no_regularization.py'
+    cfg.dump(none_cfg)
+    rows = []
+    for bits in (4, 3):
+        opts = [f'model.quant_cfg.w_bits={bits}',
+                f'model.quant_cfg.a_bits={bits}']
+        final = f'gplq_w{bits}a{bits}.pth'
+        host_work = f'work_dirs/bench/cls/gplq_w{bits}a{bits}'
+        none_work = f'{out}/cls_w{bits}a{bits}_none'
+        _train(host_work, task['cfg'], fp_ckpt, opts)
+        _train(none_work, none_cfg, fp_ckpt, opts)
+        for name, c, work in (('host', task['cfg'], host_work),
+                              ('none', none_cfg, none_work)):
+            for stage, ckpt in (('Stage 1', 'gplq_stage1.pth'),
+                                ('W{0}A{0}'.format(bits), final)):
+                rows.append(dict(
+                    task='cls', bits=bits, variant=f'{name}, {stage}',
+                    **_test(out, f'w{bits}a{bits}_{name}_{ckpt[:-4]}', c,
+                            f'{work}/{ckpt}', opts, task['metrics'])))
+    return rows
+
+
+ABLATIONS = {'qwt-target': qwt_target,
+             'stage1-regularization': stage1_regularization}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('ablation', choices=sorted(ABLATIONS))
+    args = p.parse_args()
+    os.chdir(ROOT)
+    out = f'work_dirs/ablate/{args.ablation}'
+    os.makedirs(out, exist_ok=True)
+    rows = ABLATIONS[args.ablation](out)
+    names = {'accuracy/top1': 'top-1', 'coco/bbox_mAP': 'box AP',
+             'coco/segm_mAP': 'mask AP'}
+    lines = ['| task | bits | variant | QwT kept | result |',
+             '|---|---|---|---|---|']
+    for r in rows:
+        task = TASKS[r['task']]
+        res = ', '.join(names[k] + ' ' + task['fmt'].format(
+            task['scale'] * r[k]) for k in names if k in r)
+        lines.append(f"| {r['task']} | W{r['bits']}A{r['bits']} | "
+                     f"{r['variant']} | {r.get('kept') or '-'} | {res} |")
+    table = '\n'.join(lines)
+    print('\n' + table)
+    with open(f'{out}/results.md', 'w') as f:
+        f.write(table + '\n')
+    with open(f'{out}/results.json', 'w') as f:
+        json.dump(rows, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()
