@@ -21,8 +21,9 @@ import os.path as osp
 
 from mmengine.config import Config
 
-from gplq_mm.demo.runs import (CLS_GPLQ_CFG, DET_GPLQ_CFG, ROOT,
-                               cls_fp_model, det_fp_model, run)
+from gplq_mm.demo.runs import (CLS_GPLQ_CFG, DET_GPLQ_CFG, METRIC_NAMES,
+                               ROOT, cls_fp_model, det_fp_model, run,
+                               write_results)
 
 TASKS = dict(
     cls=dict(cfg=CLS_GPLQ_CFG, fp_model=cls_fp_model,
@@ -125,8 +126,7 @@ def main():
     out = f'work_dirs/ablate/{args.ablation}'
     os.makedirs(out, exist_ok=True)
     rows = ABLATIONS[args.ablation](out)
-    names = {'accuracy/top1': 'top-1', 'coco/bbox_mAP': 'box AP',
-             'coco/segm_mAP': 'mask AP'}
+    names = METRIC_NAMES
     lines = ['| task | bits | variant | QwT kept | result |',
              '|---|---|---|---|---|']
     for r in rows:
@@ -135,12 +135,7 @@ def main():
             task['scale'] * r[k]) for k in names if k in r)
         lines.append(f"| {r['task']} | W{r['bits']}A{r['bits']} | "
                      f"{r['variant']} | {r.get('kept') or '-'} | {res} |")
-    table = '\n'.join(lines)
-    print('\n' + table)
-    with open(f'{out}/results.md', 'w') as f:
-        f.write(table + '\n')
-    with open(f'{out}/results.json', 'w') as f:
-        json.dump(rows, f, indent=2)
+    write_results(out, lines, rows)
 
 
 if __name__ == '__main__':

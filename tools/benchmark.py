@@ -16,8 +16,8 @@ import os
 import os.path as osp
 
 from gplq_mm.demo.runs import (CLS_FP_CFG, CLS_GPLQ_CFG, DET_FP_CFG,
-                               DET_GPLQ_CFG, ROOT, cls_fp_model, det_fp_model,
-                               run)
+                               DET_GPLQ_CFG, METRIC_NAMES, ROOT, cls_fp_model,
+                               det_fp_model, run, write_results)
 
 METHODS = ('minmax-ptq', 'repq-ptq', 'qat-w4a4', 'gplq-no-qwt', 'gplq')
 TASKS = dict(
@@ -84,8 +84,7 @@ def main():
                              train_peak_rss_mb=cost['peak_rss_mb'],
                              **metrics))
             print(f'==> {method} W{bits}A{bits}: {metrics}', flush=True)
-    names = {'accuracy/top1': 'top-1', 'coco/bbox_mAP': 'box AP',
-             'coco/segm_mAP': 'mask AP'}
+    names = METRIC_NAMES
     scale = 1 if args.task == 'cls' else 100
     lines = ['| method | bits | ' + ' | '.join(
         names[m] for m in task['metrics']) +
@@ -97,13 +96,7 @@ def main():
         mem = f"{r['train_peak_rss_mb']:.0f}" if 'train_s' in r else '-'
         bits = 'FP32' if r['bits'] == 32 else f"W{r['bits']}A{r['bits']}"
         lines.append(f"| {r['method']} | {bits} | {vals} | {wall} | {mem} |")
-    table = '\n'.join(lines)
-    print('\n' + table)
-    with open(f'{out}/results.md', 'w') as f:
-        f.write(table + '\n')
-    with open(f'{out}/results.json', 'w') as f:
-        json.dump(rows, f, indent=2)
-    print(f'\nwritten: {out}/results.md, {out}/results.json')
+    write_results(out, lines, rows)
 
 
 if __name__ == '__main__':

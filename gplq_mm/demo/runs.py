@@ -4,6 +4,7 @@ the float models they start from, and running a tool as its own process.
 The configs live in the repository (``configs/demo/``), so these helpers
 work from a source checkout (``pip install -e .``), as the tools do.
 """
+import json
 import os
 import os.path as osp
 import subprocess
@@ -14,7 +15,8 @@ from typing import Tuple
 from .data import make_digit_coco, make_digits
 
 __all__ = ['ROOT', 'WORK', 'CLS_FP_CFG', 'CLS_GPLQ_CFG', 'DET_FP_CFG',
-           'DET_GPLQ_CFG', 'run', 'cls_fp_model', 'det_fp_model']
+           'DET_GPLQ_CFG', 'METRIC_NAMES', 'run', 'write_results',
+           'cls_fp_model', 'det_fp_model']
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 WORK = 'work_dirs/demo'
@@ -25,6 +27,10 @@ DET_GPLQ_CFG = {
     'backbone': 'configs/demo/gplq_mask-rcnn_swin-tiny_digits_w4a4.py',
     'full': 'configs/demo/gplq_mask-rcnn_swin-tiny_digits_w4a4_full.py',
 }
+
+# the evaluators' keys as the result tables name them
+METRIC_NAMES = {'accuracy/top1': 'top-1', 'coco/bbox_mAP': 'box AP',
+                'coco/segm_mAP': 'mask AP'}
 
 
 def run(step: str, args: list) -> Tuple[float, float]:
@@ -38,6 +44,18 @@ def run(step: str, args: list) -> Tuple[float, float]:
     if code:
         sys.exit(f'demo: step "{step}" failed (exit {code})')
     return time.time() - t, usage.ru_maxrss / 1024
+
+
+def write_results(out: str, lines: list, rows: list) -> None:
+    """Print the markdown table ``lines`` and write it to
+    ``<out>/results.md``, ``rows`` to ``<out>/results.json``."""
+    table = '\n'.join(lines)
+    print('\n' + table)
+    with open(f'{out}/results.md', 'w') as f:
+        f.write(table + '\n')
+    with open(f'{out}/results.json', 'w') as f:
+        json.dump(rows, f, indent=2)
+    print(f'\nwritten: {out}/results.md, {out}/results.json')
 
 
 def _fp_model(cost: dict, data_file: str, make_data, step: str, cfg: str,
