@@ -19,7 +19,8 @@ from gplq_mm.demo.runs import (CLS_FP_CFG, CLS_GPLQ_CFG, DET_FP_CFG,
                                DET_GPLQ_CFG, METRIC_NAMES, ROOT, cls_fp_model,
                                det_fp_model, run, write_results)
 
-METHODS = ('minmax-ptq', 'repq-ptq', 'qat-w4a4', 'gplq-no-qwt', 'gplq')
+METHODS = ('minmax-ptq', 'repq-ptq', 'qat-w4a4', 'gplq-no-qwt', 'gplq',
+           'gplq-deploy')
 TASKS = dict(
     cls=dict(fp_cfg=CLS_FP_CFG, cfg=CLS_GPLQ_CFG, fp_model=cls_fp_model,
              metrics=('accuracy/top1', )),

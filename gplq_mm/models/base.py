@@ -13,7 +13,8 @@ from mmengine.registry import MODELS
 from mmengine.runner import load_checkpoint
 
 from ..quant import (QuantConfig, calibration, convert, fit_qwt,
-                     quantize_weights, qwt_blocks, set_quant_state)
+                     fold_act_steps, quantize_weights, qwt_blocks,
+                     set_quant_state)
 from ..quant.hosts import ln_linear_pairs, model_task
 from ..quant.qwt import compensator
 from ..quant.repq import reparameterize
@@ -231,7 +232,7 @@ class GPLQModel(BaseModel):
                     patch_embed_bits=qc.patch_embed_bits,
                     act_granularity=qc.act_granularity,
                     attn_granularity=qc.attn_granularity,
-                    softmax_grid=qc.softmax_grid)
+                    softmax_grid=qc.softmax_grid, deployable=qc.deployable)
 
     def check_signature(self, saved: dict, source: str) -> None:
         """Raise when a checkpoint's :meth:`signature` differs from this
@@ -349,6 +350,11 @@ class GPLQModel(BaseModel):
                                'quantizers calibrated)')
         was_training = self.student.training
         self.student.eval()
+        if self.quant_cfg.deployable:
+            n = fold_act_steps(self.student)
+            if logger:
+                logger(f'deployable: {n} per-channel input steps folded into '
+                       'their LayerNorms (one step per tensor now)')
         if not self.recipe.weights_in_stage1:  # QAT learned its steps
             n = quantize_weights(self.student, self.recipe.clip)
             if logger:

@@ -45,6 +45,8 @@ _PER_TENSOR = dict(act_granularity='tensor', attn_granularity='tensor')
 METHODS: Dict[str, MethodRecipe] = {
     'gplq': MethodRecipe(),
     'gplq-no-qwt': MethodRecipe(qwt=False),
+    # GPLQ in the form integer kernels run (see QuantConfig.deployable).
+    'gplq-deploy': MethodRecipe(quant=dict(deployable=True)),
     'qat-w4a4': MethodRecipe(quant=dict(weight_learnable=True),
                              weights_in_stage1=True, qwt=False),
     'minmax-ptq': MethodRecipe(quant=dict(_PER_TENSOR, attn_init='minmax'),

@@ -9,13 +9,14 @@ import torch
 import torch.nn as nn
 
 from . import functional as QF
-from .hosts import find_attention_seam, is_block
+from .hosts import find_attention_seam, fold_pairs, is_block
 from .layers import QuantConv2d, QuantLinear, is_quant_layer, iter_quantizers
 from .qwt import attach_compensator, detach_compensator
 from .quantizer import GRIDS, INIT_METHODS, FakeQuantizer
 
 __all__ = ['QuantConfig', 'convert', 'revert', 'set_quant_state',
-           'calibration', 'composed_paths', 'quantize_weights', 'qwt_blocks']
+           'calibration', 'composed_paths', 'quantize_weights', 'qwt_blocks',
+           'fold_act_steps']
 
 _BIT_FIELDS = ('w_bits', 'a_bits', 'attn_bits', 'patch_embed_bits')
 
@@ -55,6 +56,15 @@ class QuantConfig:
             ``()``.
         qwt (bool): Allocate QwT compensators on the transformer blocks in
             scope. Defaults to True.
+        deployable (bool): Integer-kernel form (every matmul operand with
+            one step, as onnxruntime's integer kernels take it): Linear /
+            Conv2d inputs get ``act_granularity`` only where a LayerNorm
+            feeds the layer alone (:func:`~gplq_mm.quant.hosts.fold_pairs`),
+            so the per-channel steps fold exactly into the LayerNorm
+            (:func:`fold_act_steps`, run before weight PTQ) and become one
+            step; every other input, q, k, v and the softmax output are
+            quantized per tensor (``attn_granularity`` is not used).
+            Defaults to False.
     """
     w_bits: int = 4
     a_bits: int = 4
@@ -73,6 +83,7 @@ class QuantConfig:
     include: Tuple[str, ...] = ('*', )
     exclude: Tuple[str, ...] = ()
     qwt: bool = True
+    deployable: bool = False
 
     def __post_init__(self):
         for f in ('patch_embed_patterns', 'include', 'exclude', 'percentile'):
@@ -118,13 +129,21 @@ class QuantConfig:
                              f'allowed: {sorted(names)}')
         return cls(**cfg)
 
-    def quantizer_cfgs(self, patch_embed: bool = False) -> dict:
+    def quantizer_cfgs(self, patch_embed: bool = False,
+                       folds: bool = False) -> dict:
+        """Quantizer configs of a layer (``folds``: a LayerNorm alone feeds
+        it, see ``deployable``)."""
         attn_bits = self.attn_bits or self.a_bits
         head = 'channel' if self.attn_granularity == 'head' else 'tensor'
+        act = self.act_granularity
+        if self.deployable:
+            head = 'tensor'
+            if patch_embed or not folds:
+                act = 'tensor'
         return dict(
             act=dict(
                 bits=self.patch_embed_bits if patch_embed else self.a_bits,
-                granularity=self.act_granularity, init=self.act_init,
+                granularity=act, init=self.act_init,
                 percentile=self.percentile, learnable=self.act_learnable),
             weight=dict(bits=self.w_bits, learnable=self.weight_learnable),
             attn=dict(bits=attn_bits, granularity=head, init=self.attn_init,
@@ -172,20 +191,21 @@ def convert(model: nn.Module,
             raise ValueError(
                 f'QuantConfig.include pattern {pat!r} matches no module; '
                 f'module names look like {names[:5]}')
-    base = cfg.quantizer_cfgs()
+    folded = {lin for _, lin in fold_pairs(model)}
     for name, mod in list(model.named_modules()):
         if (_in_scope(name, cfg) and not is_quant_layer(mod)
                 and not isinstance(mod, FakeQuantizer)):
             seam = find_attention_seam(mod)
-            if seam is not None:
-                seam.adapt(mod, base)
+            if seam is not None:  # the seams quantize the host's `qkv`
+                seam.adapt(mod, cfg.quantizer_cfgs(
+                    folds=f'{name}.qkv' in folded))
     for name, parent in list(model.named_modules()):
         for cname, child in list(parent.named_children()):
             full = f'{name}.{cname}' if name else cname
             if not _in_scope(full, cfg) or is_quant_layer(child):
                 continue
             pe = _matches(full, cfg.patch_embed_patterns)
-            cfgs = cfg.quantizer_cfgs(patch_embed=pe)
+            cfgs = cfg.quantizer_cfgs(patch_embed=pe, folds=full in folded)
             if isinstance(child, nn.Linear):
                 new = QuantLinear.from_float(child, cfgs['act'],
                                              cfgs['weight'])
@@ -284,4 +304,32 @@ def quantize_weights(model: nn.Module,
                 QF.search_weight_step(mod.weight, wq.qmin, wq.qmax,
                                       candidates))
             n += 1
+    return n
+
+
+@torch.no_grad()
+def fold_act_steps(model: nn.Module) -> int:
+    """Fold the per-channel input steps ``s`` of each Linear fed by a
+    LayerNorm alone (:func:`~gplq_mm.quant.hosts.fold_pairs`) into that
+    LayerNorm: with ``s0 = mean(s)``, the LayerNorm's affine is scaled by
+    ``s0 / s`` and the Linear's weight columns by ``s / s0``, and every step
+    becomes ``s0``. The integer codes and the float function are unchanged
+    (up to float rounding); the layer now needs one input scale, as an
+    integer kernel does. Run it before the weights are quantized (they are
+    quantized after the fold). Idempotent. Returns the number of layers
+    folded."""
+    n = 0
+    for ln_name, lin_name in fold_pairs(model):
+        ln, lin = model.get_submodule(ln_name), model.get_submodule(lin_name)
+        iq = getattr(lin, 'input_quantizer', None)
+        if (iq is None or iq.step.numel() == 1 or not bool(iq.initialized)
+                or ln.weight is None or ln.bias is None):
+            continue
+        s = iq.step.detach()
+        r = s / s.mean()
+        ln.weight.div_(r.to(ln.weight.dtype))
+        ln.bias.div_(r.to(ln.bias.dtype))
+        lin.weight.mul_(r[None, :].to(lin.weight.dtype))
+        iq.set_step(s.mean())
+        n += 1
     return n

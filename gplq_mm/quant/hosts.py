@@ -21,8 +21,8 @@ import torch.nn as nn
 from .attention import ModuleSeam, SDPASeam
 
 __all__ = ['HostSpec', 'register_host', 'HOSTS', 'find_attention_seam',
-           'is_block', 'block_width', 'ln_linear_pairs', 'head_feature_dim',
-           'model_task']
+           'is_block', 'block_width', 'ln_linear_pairs', 'fold_pairs',
+           'head_feature_dim', 'model_task']
 
 Seam = Union[SDPASeam, ModuleSeam]
 LNLinear = Tuple[Tuple[str, str], ...]
@@ -46,6 +46,11 @@ class HostSpec:
         models (dict): Whole-model class -> the GPLQ task it is
             (``'classifier'``, ``'two-stage detector'``): which GPLQ wrapper
             takes it.
+        folds (dict): Module class (outside the blocks) -> ``module ->
+            (LayerNorm, Linear) pairs`` where the LayerNorm's output feeds
+            that Linear only, so a per-channel input step of the Linear
+            folds exactly into the LayerNorm (deployable mode). The blocks'
+            pairs count too.
     """
     name: str
     attention: Dict[str, Seam] = dataclasses.field(default_factory=dict)
@@ -54,6 +59,8 @@ class HostSpec:
     heads: Dict[str, Callable[[nn.Module], int]] = dataclasses.field(
         default_factory=dict)
     models: Dict[str, str] = dataclasses.field(default_factory=dict)
+    folds: Dict[str, Callable[[nn.Module], LNLinear]] = dataclasses.field(
+        default_factory=dict)
 
 
 HOSTS: List[HostSpec] = []
@@ -62,7 +69,7 @@ HOSTS: List[HostSpec] = []
 def register_host(spec: HostSpec) -> HostSpec:
     """Add ``spec``; a class already claimed by another host is an error."""
     for other in HOSTS:
-        for kind in ('attention', 'blocks', 'heads', 'models'):
+        for kind in ('attention', 'blocks', 'heads', 'models', 'folds'):
             both = set(getattr(spec, kind)) & set(getattr(other, kind))
             if both:
                 raise ValueError(f'{spec.name}: {kind} {sorted(both)} already '
@@ -123,6 +130,21 @@ def ln_linear_pairs(block: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
             for ln, lin in pairs]
 
 
+def fold_pairs(model: nn.Module) -> List[Tuple[str, str]]:
+    """``(LayerNorm name, Linear name)`` of every pair in ``model`` (names
+    relative to ``model``) whose LayerNorm feeds only that Linear: the
+    registered blocks' pairs and the ``folds`` entries."""
+    out = []
+    for name, mod in model.named_modules():
+        pairs = _lookup(mod, 'blocks')
+        rule = _lookup(mod, 'folds')
+        if rule is not None:
+            pairs = rule(mod)
+        for ln, lin in pairs or ():
+            out.append(tuple(f'{name}.{n}' if name else n for n in (ln, lin)))
+    return out
+
+
 def block_width(block: nn.Module) -> int:
     """Width of a registered block's input and output tokens."""
     return ln_linear_pairs(block)[0][0].normalized_shape[-1]
@@ -161,6 +183,14 @@ def _mmpretrain_divides(fn: Callable) -> bool:
 _SOFTMAX = ModuleSeam('softmax', after=True)
 _SWIN_PAIRS = (('norm1', 'attn.w_msa.qkv'), ('norm2', 'ffn.layers.0.0'))
 
+
+def _merging_pairs(merge: nn.Module) -> LNLinear:
+    """Swin's PatchMerging: ``norm`` then ``reduction`` (pre-norm only)."""
+    if getattr(merge, 'norm', None) is None or getattr(
+            merge, 'use_post_norm', False):
+        return ()
+    return (('norm', 'reduction'), )
+
 register_host(HostSpec(
     name='mmpretrain / mmdet whole models',
     models={'mmpretrain.models.classifiers.image.ImageClassifier':
@@ -193,13 +223,18 @@ register_host(HostSpec(
     attention={'mmpretrain.models.utils.attention.WindowMSA': _SOFTMAX},
     wrappers=('mmpretrain.models.utils.attention.ShiftWindowMSA', ),
     blocks={'mmpretrain.models.backbones.swin_transformer.SwinBlock':
-            _SWIN_PAIRS}))
+            _SWIN_PAIRS},
+    folds={'mmpretrain.models.utils.embed.PatchMerging': _merging_pairs,
+           # mmpretrain's SwinTransformer builds mmcv's PatchMerging.
+           'mmcv.cnn.bricks.transformer.PatchMerging': _merging_pairs}))
 
 register_host(HostSpec(
     name='mmdet SwinTransformer',
     attention={'mmdet.models.backbones.swin.WindowMSA': _SOFTMAX},
     wrappers=('mmdet.models.backbones.swin.ShiftWindowMSA', ),
-    blocks={'mmdet.models.backbones.swin.SwinBlock': _SWIN_PAIRS}))
+    blocks={'mmdet.models.backbones.swin.SwinBlock': _SWIN_PAIRS},
+    folds={'mmdet.models.layers.transformer.utils.PatchMerging':
+           _merging_pairs}))
 
 register_host(HostSpec(
     name='timm VisionTransformer',
@@ -217,4 +252,5 @@ register_host(HostSpec(
     name='timm SwinTransformer',
     attention={'timm.models.swin_transformer.WindowAttention': _SOFTMAX},
     blocks={'timm.models.swin_transformer.SwinTransformerBlock':
-            (('norm1', 'attn.qkv'), ('norm2', 'mlp.fc1'))}))
+            (('norm1', 'attn.qkv'), ('norm2', 'mlp.fc1'))},
+    folds={'timm.models.swin_transformer.PatchMerging': _merging_pairs}))

@@ -123,3 +123,41 @@ def test_bad_config_errors(field, value, match):
 def test_include_matching_nothing_errors():
     with pytest.raises(ValueError, match="'nothing.*' matches no module"):
         convert(nn.Sequential(nn.Linear(2, 2)), dict(include=['nothing.*']))
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_deployable_folds_every_per_channel_step(name):
+    """Deployable mode: per-channel input steps only where a LayerNorm alone
+    feeds the layer; after fold_act_steps every Linear / Conv input has one
+    step, and the W32A4 output is the same function (the steps are made
+    uneven first, so the fold is not a no-op)."""
+    from gplq_mm.quant import calibration, fold_act_steps
+    from gplq_mm.quant.hosts import fold_pairs
+    model, blocks = build(name)
+    q = convert(model, dict(quant_cfg(blocks), deployable=True))
+    with calibration(q):
+        q(inputs(seed=2, n=4))
+    consumers = {lin for _, lin in fold_pairs(q)}
+    per_channel = set()
+    g = torch.Generator().manual_seed(0)
+    for n, m in q.named_modules():
+        if isinstance(m, (QuantLinear, QuantConv2d)):
+            iq = m.input_quantizer
+            if iq.step.numel() > 1:
+                per_channel.add(n)
+                with torch.no_grad():
+                    iq.step.mul_(torch.rand(iq.step.shape, generator=g) + 0.5)
+    assert per_channel and per_channel <= consumers
+    if 'swin' in name:  # PatchMerging's norm -> reduction folds too
+        assert any(n.endswith('reduction') for n in per_channel)
+    set_quant_state(q, weight=False, act=True)
+    x = inputs()
+    before = flat(q(x))
+    assert fold_act_steps(q) == len(per_channel)
+    after = flat(q(x))
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    for n in per_channel:
+        step = q.get_submodule(n).input_quantizer.step
+        assert torch.all(step == step[0]), n
+    assert fold_act_steps(q) == len(per_channel)  # idempotent: steps equal
+    torch.testing.assert_close(flat(q(x)), after, rtol=1e-5, atol=1e-5)
