@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gplq-env
 
-.PHONY: env test demo demo-det bench bench-speed clean
+.PHONY: env test demo demo-det demo-export bench bench-speed bench-export clean
 
 $(STAMP): requirements.txt setup.py tools/setup_env.sh
 	VENV=$(VENV) bash tools/setup_env.sh
@@ -20,10 +20,16 @@ demo: $(STAMP)
 demo-det: $(STAMP)
 	$(PY) tools/demo_det.py
 
+demo-export: $(STAMP)
+	$(PY) tools/demo_export.py
+
 # On a GPU: make bench-speed BENCH_ARGS=--compile
 BENCH_ARGS ?=
 bench-speed: $(STAMP)
 	$(PY) tools/bench_speed.py $(BENCH_ARGS)
+
+bench-export: $(STAMP)
+	$(PY) tools/bench_export.py
 
 bench: $(STAMP)
 	$(PY) tools/benchmark.py --task cls

@@ -14,6 +14,7 @@ setup(
         'matplotlib'
     ],
     extras_require=dict(
-        demo=['scikit-learn', 'pycocotools'], tests=['pytest',
-                                                     'scikit-learn']),
+        demo=['scikit-learn', 'pycocotools'],
+        deploy=['onnx>=1.16', 'onnxruntime>=1.20'],  # opset 21, INT4
+        tests=['pytest', 'scikit-learn', 'onnx>=1.16', 'onnxruntime>=1.20']),
 )

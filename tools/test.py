@@ -1,4 +1,8 @@
-"""Evaluate a checkpoint with a config (mmpretrain / mmdet style)."""
+"""Evaluate a checkpoint with a config (mmpretrain / mmdet style).
+
+A ``.onnx`` file from tools/export.py in place of the checkpoint is run in
+onnxruntime, through the same dataloader, preprocessor and metric.
+"""
 import argparse
 import sys
 import json
@@ -7,6 +11,7 @@ import os.path as osp
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401  registers the GPLQ models and hook
+from gplq_mm.deploy import onnx_test_config
 from gplq_mm.utils import (add_runner_args, check_checkpoint_file,
                            finish_launch, mmengine_checkpoint_globals,
                            prepare_launch, runner_config)
@@ -15,7 +20,8 @@ from gplq_mm.utils import (add_runner_args, check_checkpoint_file,
 def parse_args():
     p = argparse.ArgumentParser(description='Test a checkpoint')
     p.add_argument('config', help='test config file path')
-    p.add_argument('checkpoint', help='checkpoint file')
+    p.add_argument('checkpoint', help='checkpoint file, or an exported '
+                   'classifier (.onnx)')
     p.add_argument('--out', help='write the metrics to this JSON file')
     add_runner_args(p)
     return p.parse_args()
@@ -25,12 +31,16 @@ def main():
     args = parse_args()
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} not found')
-    try:  # a truncated checkpoint gets one clear line
-        check_checkpoint_file(args.checkpoint)
+    is_onnx = args.checkpoint.endswith('.onnx')
+    try:  # a truncated checkpoint or a detector's ONNX: one clear line
+        cfg = runner_config(args)
+        if is_onnx:
+            onnx_test_config(cfg, args.checkpoint)
+        else:
+            check_checkpoint_file(args.checkpoint)
+            cfg.load_from = args.checkpoint
     except ValueError as e:
         sys.exit(f'error: {e}')
-    cfg = runner_config(args)
-    cfg.load_from = args.checkpoint
     prepare_launch(cfg)
     runner = Runner.from_cfg(cfg)
     with mmengine_checkpoint_globals():  # see tools/train.py

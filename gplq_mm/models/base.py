@@ -3,7 +3,7 @@ teacher, the stages, and the steps :class:`~gplq_mm.engine.GPLQHook` runs
 outside the gradient steps."""
 import contextlib
 import os.path as osp
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -114,6 +114,12 @@ class GPLQModel(BaseModel):
                 f'{type(model).__name__}')
 
     def loss(self, inputs: torch.Tensor, data_samples) -> Dict:
+        raise NotImplementedError
+
+    def deploy_graph(self) -> Tuple[nn.Module, str]:
+        """What :func:`gplq_mm.deploy.export_onnx` exports: a module taking
+        the preprocessed image batch, and the name of its output (numbered
+        when it returns several)."""
         raise NotImplementedError
 
     def forward(self, inputs: torch.Tensor, data_samples=None,

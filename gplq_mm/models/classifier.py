@@ -1,6 +1,6 @@
 """GPLQ for mmpretrain image classifiers."""
 import math
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -12,6 +12,16 @@ from .base import GPLQModel
 from .pca import PCAProjector
 
 __all__ = ['GPLQClassifier']
+
+
+class _Logits(nn.Module):
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x, mode='tensor')
 
 
 @MODELS.register_module()
@@ -53,6 +63,11 @@ class GPLQClassifier(GPLQModel):
         dim = head_feature_dim(head) if self.pca_tokens == 'all' else (
             getattr(head, 'hidden_dim', None) or head.in_channels)
         self.pca = PCAProjector(dim, **pca_cfg)
+
+    def deploy_graph(self) -> Tuple[nn.Module, str]:
+        """The classifier, image batch -> logits (the host's ``tensor``
+        mode)."""
+        return _Logits(self.student), 'logits'
 
     def _pre_logits(self, model: nn.Module, feats) -> torch.Tensor:
         f = model.head.pre_logits(feats)

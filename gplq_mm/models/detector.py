@@ -1,7 +1,8 @@
 """GPLQ for mmdet two-stage detectors (Mask R-CNN, Cascade Mask R-CNN)."""
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.registry import MODELS
 
@@ -59,6 +60,11 @@ class GPLQDetector(GPLQModel):
                     'training data carry no instance masks: load them with '
                     "dict(type='LoadAnnotations', with_bbox=True, "
                     'with_mask=True) on a dataset with segmentations')
+
+    def deploy_graph(self) -> Tuple[nn.Module, str]:
+        """The backbone, image batch -> feature maps (the RoI heads' RoIAlign
+        and NMS are not exported)."""
+        return self.student.backbone, 'feat'
 
     def forward_all_sites(self, data: dict) -> None:
         """Backbone, neck and RPN head on the images; the RoI heads through

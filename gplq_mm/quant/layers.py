@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import qdq
 from .fused import lsq_fake_quant, lsq_linear
 from .quantizer import FakeQuantizer
 
@@ -85,6 +86,8 @@ class QuantLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         iq = self.input_quantizer
+        if qdq.exporting() and self.weight_quantizer.enabled:
+            return qdq.linear(self, x)
         if (iq.fusable and iq.axis in (-1, x.dim() - 1)
                 and not self.weight_quantizer.enabled):
             # Stage 1 (W32A4): the fused path saves one tensor less.
@@ -128,6 +131,8 @@ class QuantConv2d(nn.Conv2d):
             self.float_cls(*self._conv_args(), device='meta'), self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if qdq.exporting() and self.weight_quantizer.enabled:
+            return qdq.conv2d(self, x)
         return self._conv_forward(
             self.input_quantizer(x), self.weight_quantizer(self.weight),
             self.bias)

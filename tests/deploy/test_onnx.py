@@ -1,0 +1,291 @@
+"""ONNX export: onnxruntime computes what the PyTorch W4A4 model computes,
+deployable models run integer kernels, the storage form round-trips, and
+bad input is refused by name."""
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from mmengine.registry import DefaultScope, MODELS
+
+import gplq_mm  # noqa: F401
+from gplq_mm.deploy import (INTEGER_KERNELS, export_onnx, kernel_ops,
+                            load_storage, session, to_storage)
+from gplq_mm.quant import composed_paths, iter_quantizers
+from gplq_mm.quant.functional import broadcast_shape
+from gplq_mm.quant.layers import is_quant_layer
+
+_VIT = dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2,
+                      feedforward_channels=64), img_size=32, patch_size=8)
+HOSTS = dict(
+    vit=(dict(type='VisionTransformer', **_VIT), None,
+         dict(type='VisionTransformerClsHead', num_classes=10,
+              in_channels=32)),
+    deit=(dict(type='DistilledVisionTransformer', **_VIT), None,
+          dict(type='DeiTClsHead', num_classes=10, in_channels=32)),
+    swin=(dict(type='SwinTransformer', arch=dict(
+        embed_dims=16, depths=[1, 1], num_heads=[2, 4]), img_size=32,
+        patch_size=2, window_size=4, out_indices=(1, )),
+        dict(type='GlobalAveragePooling'),
+        dict(type='LinearClsHead', num_classes=10, in_channels=32)),
+)
+
+
+def _images(n, seed):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(
+        seed))
+
+
+def build(host, stage=2, **kw):
+    """A tiny random 2-block GPLQ classifier, calibrated, and (stage 2)
+    weight-quantized with QwT fitted."""
+    backbone, neck, head = HOSTS[host]
+    arch = dict(type='ImageClassifier', backbone=copy.deepcopy(backbone),
+                neck=neck, head=head, data_preprocessor=dict(
+                    num_classes=10, mean=[0.] * 3, std=[1.] * 3))
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(dict(type='GPLQClassifier', architecture=arch,
+                                  **kw))
+    batches = [dict(inputs=_images(8, seed)) for seed in range(4)]
+    if stage >= 1:
+        model.calibrate(batches[:2])
+    if stage >= 2:
+        model.weight_ptq(batches)
+    model.eval()
+    return model
+
+
+def _with_codes(path):
+    """The model at ``path`` with the input (before its clip) and the output
+    of every QuantizeLinear also graph outputs, in graph (= call) order,
+    and each one's zero point."""
+    proto = onnx.load(path)
+    consts = {t.name: onnx.numpy_helper.to_array(t)
+              for t in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    names, zeros = [], []
+    for n in proto.graph.node:
+        if n.op_type != 'QuantizeLinear':
+            continue
+        x = n.input[0]
+        while x in producer and producer[x].op_type in ('Clip', 'Min', 'Max'):
+            x = producer[x].input[0]
+        names += [x, n.output[0]]
+        # one zero point per node (per-channel ones are all 0)
+        zeros.append(float(consts[n.input[2]].reshape(-1)[0]))
+    proto.graph.output.extend(
+        onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    return proto, zeros
+
+
+def _patches(b, a):
+    """PyTorch's (B, C, H, W) codes of a patch embedding in the exported
+    layout ``a`` (B, patches, C * k * k)."""
+    n, c, h, w = b.shape
+    k = int(round((a.shape[-1] / c)**.5))
+    return b.reshape(n, c, h // k, k, w // k, k).transpose(
+        0, 2, 4, 1, 3, 5).reshape(a.shape)
+
+
+def _codes(q, a):
+    step = q.step.detach().to(a.dtype)
+    step = step.view(broadcast_shape(a.dim(), q.axis, step.numel()))
+    return torch.clamp(torch.round(a / step), q.qmin, q.qmax).numpy()
+
+
+def _torch_codes(model, x):
+    """Integer codes of every activation quantizer call, in call order, the
+    quantizers, and the logits."""
+    codes, calls, handles = [], [], []
+
+    def hook(q, args):
+        codes.append(_codes(q, args[0]))
+        calls.append(q)
+
+    for _, q in iter_quantizers(model.student, 'act'):
+        if q.enabled:
+            handles.append(q.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad(), composed_paths(model.student):
+            logits = model.deploy_graph()[0](x)
+    finally:
+        for h in handles:
+            h.remove()
+    return codes, calls, logits.numpy()
+
+
+@pytest.mark.parametrize('host,deployable', [
+    ('vit', True), ('deit', True), ('swin', True), ('vit', False),
+    ('swin', False)])
+def test_onnxruntime_computes_the_pytorch_model(host, deployable, tmp_path):
+    """Per quantizer: on the same input, onnxruntime's codes are the
+    PyTorch quantizer's (>= 99.99%: rounding ties); through the whole model
+    (where a code flipped by a float-rounding difference upstream changes
+    the inputs downstream) >= 99.5%; the logits agree (a flipped code moves
+    one image's logits by up to ~15% on these random 4-bit models)."""
+    model = build(host, quant_cfg=dict(deployable=deployable))
+    x = _images(16, seed=10)
+    path = str(tmp_path / 'm.onnx')
+    info = export_onnx(model, path, x)
+    assert bool(info['per_channel']) != deployable
+    # mmpretrain's Swin computes int(windows.shape[0] / ...): traced, the
+    # batch size is a constant, which the export detects.
+    assert info['dynamic_batch'] == (host != 'swin')
+    proto, zeros = _with_codes(path)
+    got = session(proto).run(None, {'input': x.numpy()})
+    ref_codes, quantizers, ref_logits = _torch_codes(model, x)
+    assert len(zeros) == len(ref_codes) > 10
+    for i, (z, q, b) in enumerate(zip(zeros, quantizers, ref_codes)):
+        a_in, a = got[1 + 2 * i], got[2 + 2 * i].astype(np.float32) - z
+        same_input = _codes(q, torch.from_numpy(a_in))
+        if b.ndim == 4 and a.ndim == 3:  # a patch embedding, as patches
+            b = _patches(b, a)
+        assert a.shape == b.shape == same_input.shape, i
+        assert (a == same_input).mean() >= 0.9999, i
+        assert (a == b).mean() >= 0.995, i
+    logits = got[0]
+    assert np.linalg.norm(logits - ref_logits) < 0.1 * np.linalg.norm(
+        ref_logits)
+    assert (logits.argmax(1) == ref_logits.argmax(1)).mean() >= 15 / 16
+
+
+# Attention matmuls that run on integer kernels too: mmpretrain's ViT / DeiT
+# attention (2 per block); Swin's host code scales q between its quantizer
+# and the matmul, so onnxruntime runs those in float.
+ATTENTION_INT = dict(vit=4, deit=4, swin=0)
+
+
+@pytest.mark.parametrize('host', ['vit', 'deit', 'swin'])
+def test_deployable_model_runs_every_quantized_layer_on_integer_kernels(
+        host, tmp_path):
+    model = build(host, quant_cfg=dict(deployable=True))
+    layers = sum(is_quant_layer(m) for m in model.student.modules())
+    path = str(tmp_path / 'm.onnx')
+    export_onnx(model, path, _images(2, 3))
+    ops = kernel_ops(path, _images(2, 4).numpy())
+    ints = sum(ops.get(k, 0) for k in INTEGER_KERNELS)
+    assert ints == layers + ATTENTION_INT[host], ops
+    # paper-faithful: exact semantics, float kernels
+    faithful = build(host)
+    export_onnx(faithful, path, _images(2, 3))
+    ops = kernel_ops(path, _images(2, 4).numpy())
+    assert not any(ops.get(k, 0) for k in INTEGER_KERNELS), ops
+
+
+def test_storage_model_packs_int4_and_loads_back_to_the_runtime_model(
+        tmp_path):
+    model = build('swin', quant_cfg=dict(deployable=True))
+    runtime, storage = str(tmp_path / 'm.onnx'), str(tmp_path / 'm4.onnx')
+    export_onnx(model, runtime, _images(4, 3))
+    info = to_storage(runtime, storage)
+    assert info['packed'] > 0
+    packed = [t for t in onnx.load(storage).graph.initializer
+              if t.data_type == onnx.TensorProto.INT4]
+    assert len(packed) == info['packed']
+    for t in packed:  # two codes per byte
+        assert len(t.raw_data) == (int(np.prod(t.dims)) + 1) // 2
+    loaded = {t.name: onnx.numpy_helper.to_array(t)
+              for t in load_storage(storage).graph.initializer}
+    for t in onnx.load(runtime).graph.initializer:
+        a = onnx.numpy_helper.to_array(t)
+        assert a.dtype == loaded[t.name].dtype
+        assert np.array_equal(a, loaded[t.name]), t.name
+    x = _images(4, 5).numpy()
+    assert np.array_equal(session(runtime).run(None, {'input': x})[0],
+                          session(load_storage(storage)).run(
+                              None, {'input': x})[0])
+
+
+def test_fp32_export_is_the_float_model(tmp_path):
+    model = build('deit', quant_cfg=dict(deployable=True))
+    path = str(tmp_path / 'fp32.onnx')
+    export_onnx(model, path, _images(1, 3), form='fp32')
+    proto = onnx.load(path)
+    assert not any(n.op_type in ('QuantizeLinear', 'DequantizeLinear')
+                   for n in proto.graph.node)
+    assert model.stage == 2  # the model is left as it was
+    x = _images(4, 6)
+    model.use_qwt = False
+    model.set_stage(0)  # quantizers and compensators off
+    with torch.no_grad():
+        ref = model.deploy_graph()[0](x).numpy()
+    got = session(path).run(None, {'input': x.numpy()})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('stage,match', [(0, 'float checkpoint'),
+                                         (1, 'Stage-1 checkpoint')])
+def test_float_and_stage1_models_are_refused(stage, match, tmp_path):
+    model = build('vit', stage=stage)
+    with pytest.raises(ValueError, match=match):
+        export_onnx(model, str(tmp_path / 'm.onnx'), _images(1, 3))
+
+
+def test_a_quantizer_without_export_rule_is_named(tmp_path):
+    model = build('vit', method='repq-ptq')  # log-sqrt(2) softmax grid
+    with pytest.raises(ValueError,
+                       match=r'student\.backbone\.layers\.0\..*p_quantizer '
+                       r"quantizes on the 'log_sqrt2' grid"):
+        export_onnx(model, str(tmp_path / 'm.onnx'), _images(1, 3))
+
+
+def test_opset_below_21_is_refused(tmp_path):
+    model = build('vit', stage=0)
+    with pytest.raises(ValueError, match='opset=20 is below 21'):
+        export_onnx(model, str(tmp_path / 'm.onnx'), _images(1, 3),
+                    opset=20)
+
+
+def test_a_padded_conv_runs_conv_integer(tmp_path):
+    """A Conv2d that is not a patch embedding: QuantizeLinear and
+    ConvInteger on the codes, the values of the PyTorch layer."""
+    from gplq_mm.quant import QuantConfig, calibration, convert
+    from gplq_mm.quant import quantize_weights, set_quant_state
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1),
+                              torch.nn.ReLU())
+    convert(net, QuantConfig(act_granularity='tensor', qwt=False))
+    x = _images(4, 7)
+    with calibration(net):
+        net(x)
+    quantize_weights(net)
+    set_quant_state(net, weight=True, act=True)
+    path = str(tmp_path / 'conv.onnx')
+    with torch.no_grad():
+        ref = net(x).numpy()
+        torch.onnx.export(net, (x, ), path, dynamo=False, opset_version=21,
+                          input_names=['input'])
+    got = session(path).run(None, {'input': x.numpy()})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    assert kernel_ops(path, x.numpy()).get('ConvInteger') == 1
+
+
+def test_float16_storage_halves_only_the_float_matrices(tmp_path):
+    model = build('deit', quant_cfg=dict(deployable=True))
+    runtime = str(tmp_path / 'm.onnx')
+    export_onnx(model, runtime, _images(4, 3))
+    exact = to_storage(runtime, str(tmp_path / 'exact.onnx'))
+    half = to_storage(runtime, str(tmp_path / 'half.onnx'), float16=True)
+    assert half['halved'] > 0 and exact['halved'] == 0
+    assert half['bytes'] < exact['bytes']
+    before = {t.name: onnx.numpy_helper.to_array(t)
+              for t in onnx.load(runtime).graph.initializer}
+    after = {t.name: onnx.numpy_helper.to_array(t)
+             for t in load_storage(half['path']).graph.initializer}
+    assert before.keys() == after.keys()
+    matrices = 0
+    for k, a in before.items():
+        b = after[k]
+        assert b.dtype == a.dtype, k
+        if a.dtype == np.float32 and sum(d > 1 for d in a.shape) > 1:
+            matrices += 1  # rounded to FP16
+            a = a.astype(np.float16).astype(np.float32)
+        assert np.array_equal(a, b), k
+    assert matrices == half['halved']
+    x = _images(4, 5).numpy()
+    ref = session(runtime).run(None, {'input': x})[0]
+    for model_ in (half['path'], load_storage(half['path'])):
+        got = session(model_).run(None, {'input': x})[0]
+        np.testing.assert_allclose(got, ref, atol=0.05 * np.abs(ref).max())

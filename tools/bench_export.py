@@ -1,0 +1,77 @@
+"""`make bench-export`: file size and onnxruntime CPU latency of exported
+W4A4 models against their FP32 export, on full-size DeiT-S and Swin-T
+built from the shipped configs with random weights (no download; size and
+speed do not depend on the values).
+
+    python tools/bench_export.py [--threads 2] [--configs ...]
+
+For each model: the FP32, runtime and storage (lossless, and with FP16
+float matrices) file sizes, and the median latency at batch 1 and 16
+(FP32 and W4A4 sessions alternating in one process), with the integer and
+float matmul kernels onnxruntime ran. Writes work_dirs/bench/export/results.*
+"""
+import argparse
+import os
+import os.path as osp
+
+import torch
+
+from gplq_mm.demo.runs import ROOT, write_results
+
+CONFIGS = ('configs/gplq/gplq_deit-s-distilled_8xb16_w4a4_in1k.py',
+           'configs/gplq/gplq_swin-t_8xb16_w4a4_in1k.py')
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--configs', nargs='+', default=list(CONFIGS))
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--out', default='work_dirs/bench/export')
+    args = p.parse_args()
+    os.chdir(ROOT)
+    os.makedirs(args.out, exist_ok=True)
+    from gplq_mm.deploy import to_storage
+    from gplq_mm.deploy.bench import export_forms, speed, stand_in
+    lines = [f'onnxruntime CPU, {args.threads} threads; ratios to the FP32 '
+             'export of the same model', '',
+             '| model | runtime size | storage size (FP16 floats) | batch | '
+             'FP32 ms | W4A4 ms | ratio | integer / float matmuls |',
+             '|---|---|---|---|---|---|---|---|']
+    rows = []
+    for cfg in args.configs:
+        name = osp.basename(cfg).split('_8xb')[0].replace('gplq_', '')
+        model, size = stand_in(cfg, deployable=True)
+        exported = {}
+        for batch in (1, 16):
+            x = torch.randn(batch, 3, *size,
+                            generator=torch.Generator().manual_seed(0))
+            if batch > 1 and exported[1]['dynamic_batch']:
+                forms = exported[1]  # the batch-1 files run batch 16 too
+            else:  # (mmpretrain's Swin exports with a fixed batch size)
+                forms = export_forms(model, args.out, f'{name}_b{batch}', x,
+                                     logger=print)
+            exported[batch] = forms
+            half = to_storage(forms['paths']['runtime'],
+                              forms['paths']['storage'].replace(
+                                  '.onnx', '_fp16.onnx'), float16=True)
+            b = forms['bytes']
+            s = speed(forms['paths']['fp32'], forms['paths']['runtime'],
+                      x.numpy(), threads=args.threads,
+                      repeats=10 if batch > 1 else 30)
+            row = dict(model=name, batch=batch, bytes=dict(b, storage_fp16=
+                                                           half['bytes']),
+                       dynamic_batch=forms['dynamic_batch'], **s)
+            rows.append(row)
+            lat = s['latency_s']
+            lines.append(
+                f'| {name} | {b["runtime"] / b["fp32"]:.3f}x | '
+                f'{b["storage"] / b["fp32"]:.3f}x '
+                f'({half["bytes"] / b["fp32"]:.3f}x) | {batch} | '
+                f'{1e3 * lat["fp32"]:.1f} | {1e3 * lat["runtime"]:.1f} | '
+                f'{s["ratio"]:.2f}x | {s["integer_kernels"]} / '
+                f'{s["float_matmuls"]} |')
+    write_results(args.out, lines, rows)
+
+
+if __name__ == '__main__':
+    main()

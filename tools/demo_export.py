@@ -1,0 +1,99 @@
+"""`make demo-export`: the demo ViT in deployable mode, exported to ONNX and
+run in onnxruntime, side by side with PyTorch and the FP32 export.
+
+1. trains the float demo ViT when missing (as `make demo`);
+2. runs GPLQ W4A4 in deployable mode
+   (configs/demo/gplq_vit-tiny_digits_w4a4_deploy.py, tools/train.py);
+3. exports it (tools/export.py): FP32, runtime and storage ONNX, with the
+   onnxruntime-vs-PyTorch comparison on the whole val set;
+4. evaluates the checkpoint and both ONNX models with tools/test.py;
+5. measures, in this process, median latency at batch 1 and 16 with 2
+   threads (FP32 ONNX vs runtime W4A4, alternating) and the kernels
+   onnxruntime ran; prints one table, writes work_dirs/demo/export/results.*
+
+Finished steps are reused (--force redoes the GPLQ run and the export).
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import shutil
+
+import numpy as np
+
+from gplq_mm.demo.runs import ROOT, WORK, cls_fp_model, run, write_results
+
+CFG = 'configs/demo/gplq_vit-tiny_digits_w4a4_deploy.py'
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--force', action='store_true')
+    p.add_argument('--threads', type=int, default=2)
+    args = p.parse_args()
+    os.chdir(ROOT)
+    work, out = f'{WORK}/deploy', f'{WORK}/export'
+    if args.force:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+    fp_ckpt = cls_fp_model({})
+    ckpt = f'{work}/gplq-deploy_w4a4.pth'
+    if not osp.isfile(ckpt):
+        run('GPLQ W4A4, deployable', ['tools/train.py', CFG, '--work-dir',
+                                      work, '--cfg-options',
+                                      f'model.checkpoint={fp_ckpt}'])
+    n_val = sum(1 for _ in open('data/digits/meta/val.txt'))
+    stem = osp.join(out, 'gplq-deploy_w4a4')
+    run('export', ['tools/export.py', CFG, ckpt, '--out-dir', out,
+                   '--check', str(n_val)])
+    summary = json.load(open(f'{stem}_export.json'))
+    top1 = {}
+    for name, model in (('PyTorch W4A4', ckpt), ('ONNX W4A4', f'{stem}.onnx'),
+                        ('ONNX W4A4 storage', f'{stem}_int4.onnx'),
+                        ('ONNX FP32', f'{stem}_fp32.onnx')):
+        path = f'{out}/eval_{name.replace(" ", "_")}.json'
+        run(f'test {name}', ['tools/test.py', CFG, model, '--out', path,
+                             '--work-dir', f'{out}/test'])
+        top1[name] = json.load(open(path))['accuracy/top1']
+
+    from gplq_mm.deploy.bench import speed
+    shape = summary['input_shape']
+    speeds = {}
+    for batch in (1, 16):
+        x = np.random.default_rng(0).standard_normal(
+            (batch, *shape)).astype(np.float32)
+        speeds[batch] = speed(f'{stem}_fp32.onnx', f'{stem}.onnx', x,
+                              threads=args.threads)
+    parity, size = summary['parity'], summary['bytes']
+    mib = {k: v / 2**20 for k, v in size.items()}
+    lines = [
+        f'Demo ViT (digits, {n_val} val images, 1 image = '
+        f'{100 / n_val:.2f} points), W4A4 deployable; onnxruntime CPU, '
+        f'{args.threads} threads', '',
+        '| measure | value |', '|---|---|',
+        *(f'| top-1, {k} | {v:.2f} |' for k, v in top1.items()),
+        f'| predictions agreeing, ONNX vs PyTorch W4A4 | '
+        f'{100 * parity["agreement"]:.2f}% of {parity["images"]} |',
+        f'| max abs logit difference, ONNX vs PyTorch | '
+        f'{parity["max_abs"]:.4f} |',
+        f'| file size FP32 / runtime / storage (MiB) | {mib["fp32"]:.2f} / '
+        f'{mib["runtime"]:.2f} ({size["runtime"] / size["fp32"]:.2f}x) / '
+        f'{mib["storage"]:.2f} ({size["storage"] / size["fp32"]:.2f}x) |',
+    ]
+    for batch, s in speeds.items():
+        lat = s['latency_s']
+        lines.append(
+            f'| median latency batch {batch}, FP32 / W4A4 (ms) | '
+            f'{1e3 * lat["fp32"]:.2f} / {1e3 * lat["runtime"]:.2f} '
+            f'({s["ratio"]:.2f}x) |')
+    ops = speeds[16]['ops']
+    lines.append('| kernels run (W4A4) | ' + ', '.join(
+        f'{k} {v}' for k, v in sorted(ops.items(), key=lambda kv: -kv[1]))
+        + ' |')
+    write_results(out, lines, dict(top1=top1, parity=parity, bytes=size,
+                                   speed={str(b): s for b, s in
+                                          speeds.items()}))
+
+
+if __name__ == '__main__':
+    main()

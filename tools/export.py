@@ -1,0 +1,120 @@
+"""Export a GPLQ W4A4 checkpoint to ONNX: the runtime model, its INT4
+storage form and the FP32 baseline (see gplq_mm/deploy/onnx.py).
+
+    python tools/export.py CONFIG CHECKPOINT [--out-dir DIR] [--check N]
+
+Classifiers export image -> logits; detectors their backbone, image ->
+feature maps (RoIAlign and NMS are not exported). The batch axis is dynamic;
+the image size is the first test batch's (``--shape H W`` to set it).
+``--check N`` compares onnxruntime with PyTorch on N test images: logits
+(argmax agreement) or feature maps. Evaluate an exported classifier with
+``tools/test.py CONFIG DIR/<name>.onnx``.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+
+import torch
+from mmengine.runner import Runner
+
+import gplq_mm  # noqa: F401  registers the GPLQ models and hook
+from gplq_mm.deploy import (MIN_OPSET, export_onnx, load_storage, parity,
+                            session, to_storage)
+from gplq_mm.utils import (add_runner_args, check_checkpoint_file,
+                           finish_launch, mmengine_checkpoint_globals,
+                           runner_config)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('config')
+    p.add_argument('checkpoint', help='a Stage-2 (W4A4) GPLQ checkpoint')
+    p.add_argument('--out-dir', help='default: the checkpoint\'s directory')
+    p.add_argument('--opset', type=int, default=MIN_OPSET)
+    p.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+                   help='input size (default: the first test batch\'s)')
+    p.add_argument('--check', type=int, default=0, metavar='N',
+                   help='compare onnxruntime with PyTorch on N test images')
+    add_runner_args(p)
+    return p.parse_args()
+
+
+def test_batches(runner, model, n, shape=None):
+    """Preprocessed test images, up to ``n`` (resized to ``shape``)."""
+    loader = Runner.build_dataloader(runner.cfg.test_dataloader)
+    seen = 0
+    for data in loader:
+        x = model.data_preprocessor(data, False)['inputs'].float()
+        if shape is not None and tuple(x.shape[-2:]) != tuple(shape):
+            x = torch.nn.functional.interpolate(x, size=tuple(shape),
+                                                mode='bilinear')
+        x = x[:n - seen]
+        yield x
+        seen += len(x)
+        if seen >= n:
+            return
+
+
+def main():
+    args = parse_args()
+    try:
+        check_checkpoint_file(args.checkpoint)
+        if args.opset < MIN_OPSET:
+            raise ValueError(f'--opset {args.opset} is below {MIN_OPSET}, '
+                             'the first with INT4 and per-axis '
+                             'QuantizeLinear')
+    except ValueError as e:
+        sys.exit(f'error: {e}')
+    out_dir = args.out_dir or osp.dirname(osp.abspath(args.checkpoint))
+    os.makedirs(out_dir, exist_ok=True)
+    cfg = runner_config(args)
+    cfg.work_dir = out_dir
+    cfg.load_from = None
+    runner = Runner.from_cfg(cfg)
+    log = runner.logger.info
+    with mmengine_checkpoint_globals():
+        try:
+            runner.load_checkpoint(args.checkpoint, strict=True)
+        except ValueError as e:
+            sys.exit(f'error: {e}')
+    model = runner.model
+    example = next(test_batches(runner, model, 1, args.shape))
+    stem = osp.splitext(osp.basename(args.checkpoint))[0]
+    paths = dict(runtime=osp.join(out_dir, f'{stem}.onnx'),
+                 storage=osp.join(out_dir, f'{stem}_int4.onnx'),
+                 fp32=osp.join(out_dir, f'{stem}_fp32.onnx'))
+    try:
+        info = export_onnx(model, paths['runtime'], example, opset=args.opset,
+                           logger=log)
+    except (ValueError, TypeError, NotImplementedError) as e:
+        sys.exit(f'error: {e}')
+    export_onnx(model, paths['fp32'], example, form='fp32', opset=args.opset,
+                logger=log)
+    store = to_storage(paths['runtime'], paths['storage'])
+    log(f'storage model (INT4 weights, {store["packed"]} tensors packed): '
+        f'{paths["storage"]}')
+    sizes = {k: osp.getsize(p) for k, p in paths.items()}
+    summary = dict(files=paths, bytes=sizes, outputs=info['outputs'],
+                   input_shape=list(example.shape[1:]),
+                   per_channel_layers=len(info['per_channel']),
+                   ratio_to_fp32={k: sizes[k] / sizes['fp32']
+                                  for k in ('runtime', 'storage')})
+    if args.check:
+        sess = session(load_storage(paths['storage']), threads=None)
+        summary['parity'] = parity(
+            model, sess, test_batches(runner, model, args.check,
+                                      example.shape[-2:]))
+        log(f'onnxruntime vs PyTorch on {summary["parity"]["images"]} test '
+            f'images: {summary["parity"]}')
+    with open(osp.join(out_dir, f'{stem}_export.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+    for k, p in paths.items():
+        log(f'{k:8s} {sizes[k] / 2**20:8.2f} MiB  {p}')
+    del runner
+    finish_launch()
+
+
+if __name__ == '__main__':
+    main()
