@@ -58,13 +58,13 @@ class QuantConfig:
             scope. Defaults to True.
         deployable (bool): Integer-kernel form (every matmul operand with
             one step, as onnxruntime's integer kernels take it): Linear /
-            Conv2d inputs get ``act_granularity`` only where a LayerNorm
-            feeds the layer alone (:func:`~gplq_mm.quant.hosts.fold_pairs`),
-            so the per-channel steps fold exactly into the LayerNorm
-            (:func:`fold_act_steps`, run before weight PTQ) and become one
-            step; every other input, q, k, v and the softmax output are
-            quantized per tensor (``attn_granularity`` is not used).
-            Defaults to False.
+            Conv2d inputs get ``act_granularity`` only where one producer
+            feeds the layer alone, a LayerNorm or a layer followed by ReLU
+            (:func:`~gplq_mm.quant.hosts.fold_pairs`), so the per-channel
+            steps fold exactly into the producer (:func:`fold_act_steps`,
+            run before weight PTQ) and become one step; every other input,
+            q, k, v and the softmax output are quantized per tensor
+            (``attn_granularity`` is not used). Defaults to False.
     """
     w_bits: int = 4
     a_bits: int = 4
@@ -307,29 +307,43 @@ def quantize_weights(model: nn.Module,
     return n
 
 
+def _scale_outputs(mod: nn.Module, k: torch.Tensor) -> None:
+    """Multiply ``mod``'s output channel ``c`` by ``k[c]`` (> 0): its weight
+    along the output axis and its bias."""
+    axis = 1 if isinstance(mod, nn.ConvTranspose2d) else 0
+    shape = [1] * mod.weight.dim()
+    shape[axis] = -1
+    mod.weight.mul_(k.view(shape).to(mod.weight.dtype))
+    if getattr(mod, 'bias', None) is not None:
+        mod.bias.mul_(k.to(mod.bias.dtype))
+
+
 @torch.no_grad()
 def fold_act_steps(model: nn.Module) -> int:
-    """Fold the per-channel input steps ``s`` of each Linear fed by a
-    LayerNorm alone (:func:`~gplq_mm.quant.hosts.fold_pairs`) into that
-    LayerNorm: with ``s0 = mean(s)``, the LayerNorm's affine is scaled by
-    ``s0 / s`` and the Linear's weight columns by ``s / s0``, and every step
-    becomes ``s0``. The integer codes and the float function are unchanged
-    (up to float rounding); the layer now needs one input scale, as an
-    integer kernel does. Run it before the weights are quantized (they are
-    quantized after the fold). Idempotent. Returns the number of layers
-    folded."""
+    """Fold the per-channel input steps ``s`` of each layer whose input a
+    single producer feeds (:func:`~gplq_mm.quant.hosts.fold_pairs`: a
+    LayerNorm, or a layer followed by ReLU only) into that producer: with
+    ``s0 = mean(s)``, the producer's output channels are scaled by
+    ``s0 / s`` (ReLU commutes with positive scales) and the layer's weight
+    columns by ``s / s0``, and every step becomes ``s0``. The integer codes
+    and the float function are unchanged (up to float rounding); the layer
+    now needs one input scale, as an integer kernel does. Run it before the
+    weights are quantized (they are quantized after the fold). Idempotent.
+    Returns the number of layers folded."""
     n = 0
-    for ln_name, lin_name in fold_pairs(model):
-        ln, lin = model.get_submodule(ln_name), model.get_submodule(lin_name)
-        iq = getattr(lin, 'input_quantizer', None)
+    for src_name, dst_name in fold_pairs(model):
+        src, dst = model.get_submodule(src_name), model.get_submodule(
+            dst_name)
+        iq = getattr(dst, 'input_quantizer', None)
         if (iq is None or iq.step.numel() == 1 or not bool(iq.initialized)
-                or ln.weight is None or ln.bias is None):
+                or getattr(src, 'weight', None) is None):
             continue
         s = iq.step.detach()
         r = s / s.mean()
-        ln.weight.div_(r.to(ln.weight.dtype))
-        ln.bias.div_(r.to(ln.bias.dtype))
-        lin.weight.mul_(r[None, :].to(lin.weight.dtype))
+        _scale_outputs(src, 1 / r)
+        shape = [1] * dst.weight.dim()
+        shape[1] = -1
+        dst.weight.mul_(r.view(shape).to(dst.weight.dtype))
         iq.set_step(s.mean())
         n += 1
     return n

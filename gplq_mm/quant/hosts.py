@@ -46,11 +46,13 @@ class HostSpec:
         models (dict): Whole-model class -> the GPLQ task it is
             (``'classifier'``, ``'two-stage detector'``): which GPLQ wrapper
             takes it.
-        folds (dict): Module class (outside the blocks) -> ``module ->
-            (LayerNorm, Linear) pairs`` where the LayerNorm's output feeds
-            that Linear only, so a per-channel input step of the Linear
-            folds exactly into the LayerNorm (deployable mode). The blocks'
-            pairs count too.
+        folds (dict): Module class -> ``module -> (producer, layer)
+            pairs`` (submodule names) where the producer's output reaches
+            the Linear / Conv2d ``layer``, and nothing else, directly or
+            through a ReLU: a LayerNorm, or a Linear / Conv / norm followed
+            by ReLU. A per-channel input step of the layer then folds
+            exactly into the producer's output channels (deployable mode).
+            The blocks' (LayerNorm, Linear) pairs count too.
     """
     name: str
     attention: Dict[str, Seam] = dataclasses.field(default_factory=dict)
@@ -131,9 +133,10 @@ def ln_linear_pairs(block: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
 
 
 def fold_pairs(model: nn.Module) -> List[Tuple[str, str]]:
-    """``(LayerNorm name, Linear name)`` of every pair in ``model`` (names
-    relative to ``model``) whose LayerNorm feeds only that Linear: the
-    registered blocks' pairs and the ``folds`` entries."""
+    """``(producer name, layer name)`` of every pair in ``model`` (names
+    relative to ``model``) whose producer feeds only that layer (see
+    ``HostSpec.folds``): the registered blocks' pairs and the ``folds``
+    entries."""
     out = []
     for name, mod in model.named_modules():
         pairs = _lookup(mod, 'blocks')
@@ -191,12 +194,67 @@ def _merging_pairs(merge: nn.Module) -> LNLinear:
         return ()
     return (('norm', 'reduction'), )
 
+def _relu_chain(prefix: str, layers) -> LNLinear:
+    """``(producer, next conv)`` along mmcv ConvModules that end in ReLU
+    (the producer is the norm when there is one, else the conv)."""
+    pairs = []
+    for i, mod in enumerate(list(layers)[:-1]):
+        if getattr(mod, 'with_activation', False) and isinstance(
+                mod.activate, nn.ReLU):
+            src = mod.norm_name if mod.with_norm else 'conv'
+            pairs.append((f'{prefix}.{i}.{src}', f'{prefix}.{i + 1}.conv'))
+    return tuple(pairs)
+
+
+def _mask_head_pairs(head: nn.Module) -> LNLinear:
+    """FCNMaskHead: conv i -> ReLU -> conv i+1; deconv -> ReLU -> logits."""
+    pairs = _relu_chain('convs', head.convs)
+    if getattr(head, 'upsample_method', None) == 'deconv':
+        pairs += (('upsample', 'conv_logits'), )
+    return pairs
+
+
+def _convfc_head_pairs(head: nn.Module) -> LNLinear:
+    """ConvFCBBoxHead: shared conv i -> ReLU -> conv i+1, and
+    ``x = relu(fc(x))`` along the shared fcs (the flatten between the
+    two, and the two branches after them, do not fold)."""
+    fcs = tuple((f'shared_fcs.{i}', f'shared_fcs.{i + 1}')
+                for i in range(len(head.shared_fcs) - 1))
+    return _relu_chain('shared_convs', head.shared_convs) + fcs
+
+
+def _swin_fpn_pairs(det: nn.Module) -> LNLinear:
+    """mmdet's Swin + FPN: the backbone's output LayerNorm ``norm{i}`` ->
+    the FPN's lateral conv of that level (an input the FPN also feeds to an
+    extra conv is not folded)."""
+    neck, backbone = getattr(det, 'neck', None), det.backbone
+    if type(neck).__qualname__ != 'FPN' or not hasattr(backbone,
+                                                       'out_indices'):
+        return ()
+    pairs = []
+    last = len(neck.lateral_convs) - 1 + neck.start_level
+    for j in range(len(neck.lateral_convs)):
+        i = j + neck.start_level
+        norm = getattr(backbone, f'norm{i}', None)
+        if not isinstance(norm, nn.LayerNorm) or (
+                i == last and neck.add_extra_convs == 'on_input'):
+            continue
+        pairs.append((f'backbone.norm{i}', f'neck.lateral_convs.{j}.conv'))
+    return tuple(pairs)
+
+
 register_host(HostSpec(
     name='mmpretrain / mmdet whole models',
     models={'mmpretrain.models.classifiers.image.ImageClassifier':
             'classifier',
             'mmdet.models.detectors.two_stage.TwoStageDetector':
-            'two-stage detector'}))
+            'two-stage detector'},
+    folds={'mmdet.models.detectors.two_stage.TwoStageDetector':
+           _swin_fpn_pairs,
+           'mmdet.models.roi_heads.mask_heads.fcn_mask_head.FCNMaskHead':
+           _mask_head_pairs,
+           'mmdet.models.roi_heads.bbox_heads.convfc_bbox_head.'
+           'ConvFCBBoxHead': _convfc_head_pairs}))
 
 register_host(HostSpec(
     name='mmpretrain VisionTransformer / DeiT',

@@ -161,3 +161,54 @@ def test_deployable_folds_every_per_channel_step(name):
         assert torch.all(step == step[0]), n
     assert fold_act_steps(q) == len(per_channel)  # idempotent: steps equal
     torch.testing.assert_close(flat(q(x)), after, rtol=1e-5, atol=1e-5)
+
+
+def test_deployable_folds_the_detector_relu_and_fpn_pairs():
+    """The demo Mask R-CNN at scope full: the FPN laterals (after the
+    backbone's output LayerNorms), the second box fc and the mask convs
+    (after ReLU) keep per-channel steps, fold into their producers, and the
+    W32A4 outputs stay the same."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    from gplq_mm.quant import calibration, fold_act_steps
+    from gplq_mm.quant.hosts import fold_pairs
+    register_all_modules()
+    cfg = Config.fromfile('configs/demo/mask-rcnn_swin-tiny_digits_fp.py')
+    torch.manual_seed(0)
+    det = MODELS.build(cfg.model).eval()
+    convert(det, dict(include=('backbone', 'neck', 'roi_head'),
+                      deployable=True))
+    x = torch.randn(1, 3, 64, 64)
+    heads = det.roi_head
+    g = torch.Generator().manual_seed(0)
+    box_in = torch.randn(6, heads.bbox_head.in_channels, 7, 7, generator=g)
+    mask_in = torch.randn(6, heads.mask_head.in_channels, 14, 14,
+                          generator=g)
+
+    def outputs():
+        return torch.cat([flat(det.extract_feat(x)),
+                          flat(heads.bbox_head(box_in)),
+                          flat(heads.mask_head(mask_in))])
+
+    with calibration(det):
+        outputs()
+    for _, lin in fold_pairs(det):
+        with torch.no_grad():
+            step = det.get_submodule(lin).input_quantizer.step
+            step.mul_(torch.rand(step.shape, generator=g) + 0.5)
+    set_quant_state(det, weight=False, act=True)
+    with torch.no_grad():
+        before = outputs()
+        names = {lin for _, lin in fold_pairs(det)}
+        assert {'neck.lateral_convs.0.conv', 'roi_head.bbox_head.shared_fcs.1',
+                'roi_head.mask_head.convs.3.conv',
+                'roi_head.mask_head.conv_logits'} <= names
+        assert fold_act_steps(det) == len(names)
+        after = outputs()
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    per_channel = {n for n, m in det.named_modules()
+                   if isinstance(m, (QuantLinear, QuantConv2d))
+                   and m.input_quantizer.step.numel() > 1}
+    assert per_channel == names
