@@ -7,9 +7,9 @@ form, and the FP32 baseline, all by the same code.
   ``DequantizeLinear`` with its learned step (:mod:`gplq_mm.quant.qdq`);
   QwT compensators as FP32 ``MatMul`` + ``Add``. onnxruntime runs a
   quantized Linear as an integer kernel when its input has one scale (the
-  deployable mode, ``quant_cfg.deployable=True``); a per-channel
-  (paper-faithful) input runs ``DequantizeLinear`` + float ``MatMul`` with
-  the same semantics.
+  deployable mode, ``quant_cfg.deployable=True``); per-channel
+  (paper-faithful) inputs and their layers run in float with the same
+  values (see :mod:`gplq_mm.quant.qdq`).
 * **storage** (``*_w{b}a{b}_int4.onnx``): the same graph with the weight codes
   packed as ONNX INT4 (two per byte); :func:`load_storage` turns it into the
   runtime model. Optionally (``float16``) the unquantized float matrices in
@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from ..quant import iter_quantizers, set_quant_state
 from ..quant.layers import is_quant_layer
+from ..quant.qdq import one_step
 from ..quant.qwt import QwTCompensator
 
 __all__ = ['MIN_OPSET', 'export_onnx', 'check_exportable', 'to_storage',
@@ -70,9 +71,7 @@ def check_exportable(model: nn.Module, source: str = 'the model') -> List[str]:
                 "model with softmax_grid='uniform'")
     return [n for n, m in model.student.named_modules()
             if is_quant_layer(m) and m.input_quantizer.enabled
-            and m.input_quantizer.step.numel() > 1
-            and not bool((m.input_quantizer.step == m.input_quantizer.step[0]
-                          ).all())]
+            and not one_step(m.input_quantizer.step)]
 
 
 def _set_float(model: nn.Module, on: bool) -> None:

@@ -23,7 +23,7 @@ import torch
 from .functional import broadcast_shape, fake_quant
 
 __all__ = ['quantize_dequantize', 'weight_codes', 'dequantize', 'linear',
-           'conv2d', 'exporting']
+           'conv2d', 'exporting', 'one_step']
 
 
 def exporting() -> bool:
@@ -65,18 +65,21 @@ class _QDQ(torch.autograd.Function):
         return g.op('Mul', g.op('Cast', q, to_i=1), step_b)  # 1: FLOAT
 
 
-def _one_step(step: torch.Tensor):
+def one_step(step: torch.Tensor) -> bool:
+    """Whether every entry of ``step`` is equal (one scale per tensor)."""
+    return step.numel() == 1 or bool((step == step.reshape(-1)[0]).all())
+
+
+def _squeeze_step(step: torch.Tensor):
     """``step[0]`` (a scalar) when every entry is equal, else ``step``."""
-    if step.numel() == 1 or bool((step == step[0]).all()):
-        return step.reshape(-1)[0]
-    return step
+    return step.reshape(-1)[0] if one_step(step) else step
 
 
 def quantize_dequantize(x: torch.Tensor, step: torch.Tensor, qmin: int,
                         qmax: int, axis: int, signed: bool) -> torch.Tensor:
     """``fake_quant`` of ``x`` (steps along ``axis``), exported as
     QuantizeLinear / DequantizeLinear."""
-    step = _one_step(step.to(x.dtype))
+    step = _squeeze_step(step.to(x.dtype))
     axis = axis % x.dim()
     step_b = step if step.dim() == 0 else step.view(
         broadcast_shape(x.dim(), axis, step.numel()))
@@ -118,10 +121,10 @@ def linear(layer, x: torch.Tensor) -> torch.Tensor:
     QuantizeLinear(x)), DequantizeLinear(codes^T))``, the weight scales on
     the output axis, and the bias added after with a full-rank shape
     (onnxruntime 1.32 fuses MatMul + a 1-D bias Add into a float Gemm before
-    its QDQ fusion, or fails on int8 codes). With per-channel input steps
-    the weight is dequantized by Cast and Mul: onnxruntime would otherwise
-    fuse it into MatMulNBits, which quantizes the float input to int8 on its
-    own (other values)."""
+    its QDQ fusion, or fails on int8 codes). With per-channel (or no) input
+    steps the weight is dequantized by Cast and Mul: onnxruntime would
+    otherwise fuse it into MatMulNBits, which quantizes the float input to
+    int8 on its own (other values)."""
     return _matmul(x, layer.input_quantizer, layer.weight_quantizer,
                    layer.weight, layer.bias)
 
@@ -129,7 +132,7 @@ def linear(layer, x: torch.Tensor) -> torch.Tensor:
 def _matmul(x, iq, wq, weight, bias):
     """``x @ fq(weight)^T + bias`` for a ``(out, in)`` weight (see
     :func:`linear`)."""
-    one = not iq.enabled or _one_step(iq.step).dim() == 0
+    one = iq.enabled and one_step(iq.step)  # else MatMulNBits, see above
     codes = weight_codes(weight.t(), wq.step, wq.qmin, wq.qmax, axis=1)
     y = torch.matmul(iq(x), dequantize(codes, wq.step.to(x.dtype), axis=1,
                                        op=one))
@@ -196,10 +199,10 @@ def conv2d(conv, x: torch.Tensor) -> torch.Tensor:
     quantized output in float). Else the float ``Conv`` of the dequantized
     input and codes (Cast and Mul, as :func:`linear`)."""
     iq, wq = conv.input_quantizer, conv.weight_quantizer
-    if _one_step(iq.step).dim() == 0 and _is_patchify(conv, x):
+    if iq.enabled and one_step(iq.step) and _is_patchify(conv, x):
         return _patchify(conv, x)
     codes = weight_codes(conv.weight, wq.step, wq.qmin, wq.qmax, axis=0)
-    step = _one_step(iq.step.to(x.dtype))
+    step = _squeeze_step(iq.step.to(x.dtype))
     w_step = wq.step.to(x.dtype)
     if (step.dim() == 0 and iq.enabled and conv.padding_mode == 'zeros'
             and not isinstance(conv.padding, str)):
