@@ -3,6 +3,7 @@ through tools/train.py and tools/test.py:
 
     python tools/ablate.py qwt-target            # cls and det, W4A4 / W3A3
     python tools/ablate.py stage1-regularization  # cls, W4A4 / W3A3
+    python tools/ablate.py attn-granularity       # cls and det, W4A4 / W3A3
 
 qwt-target: QwT's regression target, the paper's ('same_input': one block,
 FP32 against 4-bit weights on the same quantized input) against the chained
@@ -10,6 +11,8 @@ W32A4 output ('chained'); both from one Stage-1 model, Stage 2 rerun.
 stage1-regularization: Stage 1 with the host config's regularization
 (label smoothing, drop_path, the crop augmentation) or without
 (``gplq_mm.recipes`` ``stage1_regularization='none'``).
+attn-granularity: steps of q, k, v and the softmax output per head (the
+default) or per token (the paper's wording), Stage 1 and Stage 2 rerun.
 
 The gplq runs are tools/benchmark.py's (``work_dirs/bench/<task>``), reused
 when present. Writes work_dirs/ablate/<name>/results.{md,json}.
@@ -114,8 +117,35 @@ def stage1_regularization(out):
     return rows
 
 
+def attn_granularity(out):
+    rows = []
+    for task_name, task in TASKS.items():
+        fp_ckpt = task['fp_model']({})
+        for bits in (4, 3):
+            opts = [f'model.quant_cfg.w_bits={bits}',
+                    f'model.quant_cfg.a_bits={bits}']
+            final = f'gplq_w{bits}a{bits}.pth'
+            head = f'work_dirs/bench/{task_name}/gplq_w{bits}a{bits}'
+            token = f'{out}/{task_name}_w{bits}a{bits}_token'
+            tok = ['model.quant_cfg.attn_granularity=token']
+            _train(head, task['cfg'], fp_ckpt, opts)
+            _train(token, task['cfg'], fp_ckpt, opts + tok)
+            for name, work, extra in (('head', head, []),
+                                      ('token', token, tok)):
+                for stage, ckpt in (('Stage 1', 'gplq_stage1.pth'),
+                                    (f'W{bits}A{bits}', final)):
+                    rows.append(dict(
+                        task=task_name, bits=bits,
+                        variant=f'per {name}, {stage}', **_test(
+                            out, f'{task_name}_w{bits}a{bits}_{name}_'
+                            f'{ckpt[:-4]}', task['cfg'], f'{work}/{ckpt}',
+                            opts + extra, task['metrics'])))
+    return rows
+
+
 ABLATIONS = {'qwt-target': qwt_target,
-             'stage1-regularization': stage1_regularization}
+             'stage1-regularization': stage1_regularization,
+             'attn-granularity': attn_granularity}
 
 
 def main():

@@ -133,8 +133,11 @@ class QuantSeam(nn.Module):
 
 
 def _softmax_quantizer(attn: nn.Module, cfgs: dict) -> FakeQuantizer:
-    return act_quantizer(cfgs['softmax'], attn.num_heads, -3,
-                         attn.qkv.weight.device)
+    """Per head (axis -3 of ``(B, heads, N, N)``), per query token (axis -2)
+    when ``cfgs['tokens']`` is given, or per tensor."""
+    tokens = cfgs.get('tokens')
+    return act_quantizer(cfgs['softmax'], tokens or attn.num_heads,
+                         -2 if tokens else -3, attn.qkv.weight.device)
 
 
 def _quant_qkv(attn: nn.Module, cfgs: dict, deferred: bool) -> QuantQKV:
@@ -144,7 +147,8 @@ def _quant_qkv(attn: nn.Module, cfgs: dict, deferred: bool) -> QuantQKV:
             lin = lin.to_float()
         attn.qkv = QuantQKV.from_float(
             lin, cfgs['act'], cfgs['weight'], num_heads=attn.num_heads,
-            attn_cfg=cfgs['attn'], deferred=deferred)
+            attn_cfg=cfgs['attn'], deferred=deferred,
+            tokens=cfgs.get('tokens'))
     return attn.qkv
 
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from . import functional as QF
-from .hosts import find_attention_seam, fold_pairs, is_block
+from .hosts import (attention_tokens, find_attention_seam, fold_pairs,
+                    is_block)
 from .layers import QuantConv2d, QuantLinear, is_quant_layer, iter_quantizers
 from .qwt import attach_compensator, detach_compensator
 from .quantizer import GRIDS, INIT_METHODS, FakeQuantizer
@@ -36,8 +37,11 @@ class QuantConfig:
             names. Defaults to ``('*patch_embed*',)``.
         act_granularity (str): Linear / Conv2d inputs: ``'channel'`` (one step
             per input feature) or ``'tensor'``. Defaults to ``'channel'``.
-        attn_granularity (str): q, k, v and softmax output: ``'head'`` or
-            ``'tensor'``. Defaults to ``'head'``.
+        attn_granularity (str): q, k, v and softmax output: ``'head'`` (one
+            step per head), ``'token'`` (one per token, the softmax's per
+            query row; the token count comes from the host registry, so the
+            inputs must have the configured size) or ``'tensor'``.
+            Defaults to ``'head'``.
         act_init (str): Linear / Conv2d inputs: ``'minmax'`` or
             ``'percentile'``. Defaults to ``'minmax'``.
         attn_init (str): q, k, v. Defaults to ``'percentile'``.
@@ -99,7 +103,7 @@ class QuantConfig:
                 raise ValueError(f'QuantConfig.{f}={v!r} is not allowed: '
                                  'use an int in 2..8')
         for f, allowed in (('act_granularity', ('channel', 'tensor')),
-                           ('attn_granularity', ('head', 'tensor')),
+                           ('attn_granularity', ('head', 'token', 'tensor')),
                            ('act_init', INIT_METHODS),
                            ('attn_init', INIT_METHODS),
                            ('softmax_init', INIT_METHODS),
@@ -134,7 +138,7 @@ class QuantConfig:
         """Quantizer configs of a layer (``folds``: a LayerNorm alone feeds
         it, see ``deployable``)."""
         attn_bits = self.attn_bits or self.a_bits
-        head = 'channel' if self.attn_granularity == 'head' else 'tensor'
+        head = 'tensor' if self.attn_granularity == 'tensor' else 'channel'
         act = self.act_granularity
         if self.deployable:
             head = 'tensor'
@@ -197,8 +201,11 @@ def convert(model: nn.Module,
                 and not isinstance(mod, FakeQuantizer)):
             seam = find_attention_seam(mod)
             if seam is not None:  # the seams quantize the host's `qkv`
-                seam.adapt(mod, cfg.quantizer_cfgs(
-                    folds=f'{name}.qkv' in folded))
+                cfgs = cfg.quantizer_cfgs(folds=f'{name}.qkv' in folded)
+                if cfgs['attn']['granularity'] == 'channel' and \
+                        cfg.attn_granularity == 'token':
+                    cfgs['tokens'] = _tokens(model, name)
+                seam.adapt(mod, cfgs)
     for name, parent in list(model.named_modules()):
         for cname, child in list(parent.named_children()):
             full = f'{name}.{cname}' if name else cname
@@ -219,6 +226,17 @@ def convert(model: nn.Module,
         for _, block in qwt_blocks(model, cfg):
             attach_compensator(block)
     return model
+
+
+def _tokens(model: nn.Module, name: str) -> int:
+    tokens = attention_tokens(model, name)
+    if tokens is None:
+        raise ValueError(
+            f"QuantConfig.attn_granularity='token': no host rule gives the "
+            f'token count of attention {name!r} '
+            f'({type(model.get_submodule(name)).__qualname__}); register '
+            "one (HostSpec.tokens) or use 'head'")
+    return tokens
 
 
 def qwt_blocks(model: nn.Module, config=None):

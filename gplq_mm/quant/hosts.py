@@ -22,7 +22,7 @@ from .attention import ModuleSeam, SDPASeam
 
 __all__ = ['HostSpec', 'register_host', 'HOSTS', 'find_attention_seam',
            'is_block', 'block_width', 'ln_linear_pairs', 'fold_pairs',
-           'head_feature_dim', 'model_task']
+           'attention_tokens', 'head_feature_dim', 'model_task']
 
 Seam = Union[SDPASeam, ModuleSeam]
 LNLinear = Tuple[Tuple[str, str], ...]
@@ -53,6 +53,10 @@ class HostSpec:
             by ReLU. A per-channel input step of the layer then folds
             exactly into the producer's output channels (deployable mode).
             The blocks' (LayerNorm, Linear) pairs count too.
+        tokens (dict): Module class -> ``module -> int``, the number of
+            tokens each attention at or below the module attends over (a
+            window's positions, or a ViT's patches plus its extra tokens):
+            what per-token attention steps are allocated for.
     """
     name: str
     attention: Dict[str, Seam] = dataclasses.field(default_factory=dict)
@@ -63,6 +67,8 @@ class HostSpec:
     models: Dict[str, str] = dataclasses.field(default_factory=dict)
     folds: Dict[str, Callable[[nn.Module], LNLinear]] = dataclasses.field(
         default_factory=dict)
+    tokens: Dict[str, Callable[[nn.Module], int]] = dataclasses.field(
+        default_factory=dict)
 
 
 HOSTS: List[HostSpec] = []
@@ -71,7 +77,8 @@ HOSTS: List[HostSpec] = []
 def register_host(spec: HostSpec) -> HostSpec:
     """Add ``spec``; a class already claimed by another host is an error."""
     for other in HOSTS:
-        for kind in ('attention', 'blocks', 'heads', 'models', 'folds'):
+        for kind in ('attention', 'blocks', 'heads', 'models', 'folds',
+                     'tokens'):
             both = set(getattr(spec, kind)) & set(getattr(other, kind))
             if both:
                 raise ValueError(f'{spec.name}: {kind} {sorted(both)} already '
@@ -148,6 +155,19 @@ def fold_pairs(model: nn.Module) -> List[Tuple[str, str]]:
     return out
 
 
+def attention_tokens(model: nn.Module, name: str) -> Optional[int]:
+    """Tokens the attention ``name`` of ``model`` attends over: the
+    ``tokens`` rule of the module itself or of its nearest ancestor with
+    one; None when no host registers one."""
+    parts = name.split('.')
+    for i in range(len(parts), -1, -1):
+        mod = model.get_submodule('.'.join(parts[:i]))
+        rule = _lookup(mod, 'tokens')
+        if rule is not None:
+            return int(rule(mod))
+    return None
+
+
 def block_width(block: nn.Module) -> int:
     """Width of a registered block's input and output tokens."""
     return ln_linear_pairs(block)[0][0].normalized_shape[-1]
@@ -184,6 +204,12 @@ def _mmpretrain_divides(fn: Callable) -> bool:
 
 
 _SOFTMAX = ModuleSeam('softmax', after=True)
+
+
+def _window_tokens(attn: nn.Module) -> int:
+    """A window attention: its window's positions."""
+    ws = attn.window_size
+    return ws[0] * ws[1] if isinstance(ws, (tuple, list)) else ws * ws
 _SWIN_PAIRS = (('norm1', 'attn.w_msa.qkv'), ('norm2', 'ffn.layers.0.0'))
 
 
@@ -274,6 +300,12 @@ register_host(HostSpec(
         # pre_logits returns the class and the distillation token.
         'mmpretrain.models.heads.deit_head.DeiTClsHead':
         lambda head: 2 * (head.hidden_dim or head.in_channels),
+    },
+    tokens={
+        # patches at the configured img_size, plus class / distillation
+        'mmpretrain.models.backbones.vision_transformer.VisionTransformer':
+        lambda vit: vit.patch_resolution[0] * vit.patch_resolution[1] +
+        vit.num_extra_tokens,
     }))
 
 register_host(HostSpec(
@@ -282,6 +314,7 @@ register_host(HostSpec(
     wrappers=('mmpretrain.models.utils.attention.ShiftWindowMSA', ),
     blocks={'mmpretrain.models.backbones.swin_transformer.SwinBlock':
             _SWIN_PAIRS},
+    tokens={'mmpretrain.models.utils.attention.WindowMSA': _window_tokens},
     folds={'mmpretrain.models.utils.embed.PatchMerging': _merging_pairs,
            # mmpretrain's SwinTransformer builds mmcv's PatchMerging.
            'mmcv.cnn.bricks.transformer.PatchMerging': _merging_pairs}))
@@ -291,6 +324,7 @@ register_host(HostSpec(
     attention={'mmdet.models.backbones.swin.WindowMSA': _SOFTMAX},
     wrappers=('mmdet.models.backbones.swin.ShiftWindowMSA', ),
     blocks={'mmdet.models.backbones.swin.SwinBlock': _SWIN_PAIRS},
+    tokens={'mmdet.models.backbones.swin.WindowMSA': _window_tokens},
     folds={'mmdet.models.layers.transformer.utils.PatchMerging':
            _merging_pairs}))
 
@@ -304,11 +338,14 @@ register_host(HostSpec(
                    require_identity=('q_norm', 'k_norm')),
     },
     blocks={'timm.models.vision_transformer.Block': (('norm1', 'attn.qkv'),
-                                                     ('norm2', 'mlp.fc1'))}))
+                                                     ('norm2', 'mlp.fc1'))},
+    tokens={'timm.models.vision_transformer.VisionTransformer':
+            lambda vit: vit.patch_embed.num_patches + vit.num_prefix_tokens}))
 
 register_host(HostSpec(
     name='timm SwinTransformer',
     attention={'timm.models.swin_transformer.WindowAttention': _SOFTMAX},
     blocks={'timm.models.swin_transformer.SwinTransformerBlock':
             (('norm1', 'attn.qkv'), ('norm2', 'mlp.fc1'))},
+    tokens={'timm.models.swin_transformer.WindowAttention': _window_tokens},
     folds={'timm.models.swin_transformer.PatchMerging': _merging_pairs}))

@@ -154,12 +154,16 @@ class QuantQKV(QuantLinear):
             q / k / v quantizers (see
             :class:`~gplq_mm.quant.attention.QuantSDPA`), not this layer.
             Set by the attention adapter at convert. Defaults to False.
+        tokens (int, optional): One step per token (axis -3 of the
+            ``(..., N, heads, head_dim)`` view) for this many tokens,
+            instead of one per head (axis -2). Defaults to None.
         **kwargs: See :class:`QuantLinear`.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool,
                  act_cfg: dict, weight_cfg: dict, num_heads: int,
-                 attn_cfg: dict, deferred: bool = False, **kwargs):
+                 attn_cfg: dict, deferred: bool = False,
+                 tokens: Optional[int] = None, **kwargs):
         if out_features % (3 * num_heads):
             raise ValueError(
                 f'qkv out_features={out_features} is not a multiple of '
@@ -170,7 +174,8 @@ class QuantQKV(QuantLinear):
         qdev = None if device == 'meta' else device
         self.num_heads, self.deferred = num_heads, deferred
         self.q_quantizer, self.k_quantizer, self.v_quantizer = (
-            act_quantizer(attn_cfg, num_heads, -2, qdev) for _ in range(3))
+            act_quantizer(attn_cfg, tokens or num_heads, -3 if tokens else -2,
+                          qdev) for _ in range(3))
 
     @property
     def operand_quantizers(self) -> tuple:
@@ -181,9 +186,10 @@ class QuantQKV(QuantLinear):
         qs = self.operand_quantizers
         if self.deferred or not any(q.active for q in qs):
             return out
-        if not all(q.fusable for q in qs):
+        if not all(q.fusable and (q.step.numel() == 1 or q.axis == -2)
+                   for q in qs):
             # (..., 3, heads, head_dim): each quantizer on its third (also
-            # how they observe during calibration).
+            # how they observe during calibration, and per token).
             parts = out.unflatten(-1, (3, self.num_heads, -1)).unbind(-3)
             return torch.stack([q(p) for q, p in zip(qs, parts)],
                                dim=-3).flatten(-3)

@@ -112,7 +112,7 @@ def test_uninitialized_enabled_quantizer_raises():
     ('a_bits', 1, r'a_bits=1 .*2\.\.8'),
     ('attn_bits', 2.5, r'attn_bits=2\.5'),
     ('act_granularity', 'row', r"act_granularity='row'.*'channel'"),
-    ('attn_granularity', 'token', r"attn_granularity='token'.*'head'"),
+    ('attn_granularity', 'row', r"attn_granularity='row'.*'head', 'token'"),
     ('bogus', 1, r"no field\(s\) \['bogus'\]"),
 ])
 def test_bad_config_errors(field, value, match):
@@ -171,13 +171,15 @@ def test_deployable_folds_the_detector_relu_and_fpn_pairs():
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
+    from mmengine.registry import DefaultScope
 
     from gplq_mm.quant import calibration, fold_act_steps
     from gplq_mm.quant.hosts import fold_pairs
-    register_all_modules()
+    register_all_modules(init_default_scope=False)
     cfg = Config.fromfile('configs/demo/mask-rcnn_swin-tiny_digits_fp.py')
     torch.manual_seed(0)
-    det = MODELS.build(cfg.model).eval()
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        det = MODELS.build(cfg.model).eval()
     convert(det, dict(include=('backbone', 'neck', 'roi_head'),
                       deployable=True))
     x = torch.randn(1, 3, 64, 64)
@@ -212,3 +214,51 @@ def test_deployable_folds_the_detector_relu_and_fpn_pairs():
                    if isinstance(m, (QuantLinear, QuantConv2d))
                    and m.input_quantizer.step.numel() > 1}
     assert per_channel == names
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_token_granularity_gives_one_attention_step_per_token(name):
+    """attn_granularity='token': q, k, v steps per token, the softmax's per
+    query row, for the host registry's token count; the fused and the
+    composed paths agree (per-token steps take the composed one)."""
+    from gplq_mm.quant import calibration, composed_paths, quantize_weights
+    from gplq_mm.quant.hosts import attention_tokens
+    model, blocks = build(name)
+    q = convert(model, dict(quant_cfg(blocks), attn_granularity='token'))
+    attns = [(n, m) for n, m in q.named_modules()
+             if isinstance(m, QuantQKV)]
+    assert attns
+    for n, qkv in attns:
+        tokens = attention_tokens(q, n.rsplit('.', 1)[0])
+        assert tokens in (16, 17, 18)  # 4x4 windows; 16 patches + 1 or 2
+        for op in qkv.operand_quantizers:
+            assert op.step.numel() == tokens and op.axis == -3
+    softmax = [m for n, m in iter_quantizers(q) if n.endswith('p_quantizer')]
+    assert softmax and all(p.axis == -2 and p.step.numel() in (16, 17, 18)
+                           for p in softmax)
+    x = inputs()
+    with calibration(q):
+        q(inputs(seed=2, n=4))
+    quantize_weights(q)
+    set_quant_state(q, weight=True, act=True)
+    out = flat(q(x))
+    with composed_paths(q):
+        torch.testing.assert_close(flat(q(x)), out)
+    assert torch.isfinite(out).all()
+
+
+def test_token_granularity_without_a_token_rule_is_refused():
+    from gplq_mm.quant.hosts import HOSTS
+    model, blocks = build('mmpretrain_vit')
+    spec = next(s for s in HOSTS if s.tokens and 'VisionTransformer' in s.name
+                and 'mmpretrain' in s.name)
+    rule = spec.tokens.pop(
+        'mmpretrain.models.backbones.vision_transformer.VisionTransformer')
+    try:
+        with pytest.raises(ValueError, match='no host rule gives the token '
+                           "count of attention 'layers.0.attn'"):
+            convert(model, dict(quant_cfg(blocks), attn_granularity='token'))
+    finally:
+        spec.tokens[
+            'mmpretrain.models.backbones.vision_transformer.VisionTransformer'
+        ] = rule
