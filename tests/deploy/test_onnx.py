@@ -289,3 +289,22 @@ def test_float16_storage_halves_only_the_float_matrices(tmp_path):
     for model_ in (half['path'], load_storage(half['path'])):
         got = session(model_).run(None, {'input': x})[0]
         np.testing.assert_allclose(got, ref, atol=0.05 * np.abs(ref).max())
+
+
+def test_onnx_classifier_runs_a_fixed_batch_model_on_any_batch(tmp_path):
+    """mmpretrain's Swin exports with a fixed batch size: ONNXClassifier
+    runs 7 images through a 4-image model in padded chunks."""
+    from gplq_mm.deploy import ONNXClassifier
+    model = build('swin', quant_cfg=dict(deployable=True))
+    path = str(tmp_path / 'swin.onnx')
+    assert not export_onnx(model, path, _images(4, 3))['dynamic_batch']
+    onnx_model = ONNXClassifier(path, dict(mean=[0.] * 3, std=[1.] * 3))
+    assert onnx_model.batch == 4
+    x = _images(7, 8)
+    with torch.no_grad():
+        ref = model.deploy_graph()[0](x).numpy()
+    got = onnx_model.logits(x).numpy()
+    assert got.shape == ref.shape
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 6 / 7
+    samples = onnx_model(x, mode='predict')
+    assert [int(s.pred_label) for s in samples] == list(got.argmax(1))
