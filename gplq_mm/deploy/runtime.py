@@ -14,8 +14,8 @@ import torch
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS
 
-__all__ = ['session', 'kernel_ops', 'latency', 'parity', 'ONNXClassifier',
-           'onnx_test_config', 'INTEGER_KERNELS']
+__all__ = ['session', 'kernel_ops', 'run_batched', 'latency', 'parity',
+           'ONNXClassifier', 'onnx_test_config', 'INTEGER_KERNELS']
 
 # onnxruntime kernels that multiply integer codes.
 INTEGER_KERNELS = ('MatMulIntegerToFloat', 'QLinearMatMul', 'MatMulInteger',
@@ -55,6 +55,24 @@ def kernel_ops(model, inputs: np.ndarray) -> Dict[str, int]:
              for e in events if e.get('cat') == 'Node'
              and e['name'].endswith('_kernel_time')}
     return dict(collections.Counter(nodes.values()))
+
+
+def run_batched(sess, x: np.ndarray) -> list:
+    """``sess``'s outputs on the batch ``x``; a model exported with a fixed
+    batch size runs chunks of that size (the last one zero-padded)."""
+    batch = sess.get_inputs()[0].shape[0]
+    if not isinstance(batch, int) or batch == len(x):
+        return sess.run(None, {'input': x})
+    outs = []
+    for i in range(0, len(x), batch):
+        chunk = x[i:i + batch]
+        pad = batch - len(chunk)
+        if pad:
+            chunk = np.concatenate(
+                [chunk, np.zeros((pad, ) + chunk.shape[1:], chunk.dtype)])
+        outs.append([o[:batch - pad] for o in sess.run(None,
+                                                       {'input': chunk})])
+    return [np.concatenate(o) for o in zip(*outs)]
 
 
 def latency(sess, inputs: np.ndarray, repeats: int = 20,
@@ -106,21 +124,9 @@ class ONNXClassifier(BaseModel):
         self.batch = batch if isinstance(batch, int) else None
 
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The model's output; a model exported with a fixed batch size
-        runs chunks of that size (the last one zero-padded)."""
-        x = inputs.float().cpu().numpy()
-        if self.batch is None:
-            return torch.from_numpy(self.session.run(None, {'input': x})[0])
-        outs = []
-        for i in range(0, len(x), self.batch):
-            chunk = x[i:i + self.batch]
-            pad = self.batch - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros(
-                    (pad, ) + chunk.shape[1:], chunk.dtype)])
-            outs.append(self.session.run(None, {'input': chunk})[0][
-                :self.batch - pad])
-        return torch.from_numpy(np.concatenate(outs))
+        """The model's output (:func:`run_batched`)."""
+        return torch.from_numpy(run_batched(
+            self.session, inputs.float().cpu().numpy())[0])
 
     def forward(self, inputs: torch.Tensor, data_samples=None,
                 mode: str = 'predict'):
@@ -175,7 +181,7 @@ def parity(model, sess, batches) -> Dict[str, float]:
     for x in batches:
         ref = graph(x)
         ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
-        got = sess.run(None, {'input': x.numpy()})
+        got = run_batched(sess, x.numpy())
         for i, (r, g) in enumerate(zip(ref, got)):
             r = r.numpy()
             key = '' if len(ref) == 1 else f'[{i}]'

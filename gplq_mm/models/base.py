@@ -360,7 +360,7 @@ class GPLQModel(BaseModel):
             n = fold_act_steps(self.student)
             if logger:
                 logger(f'deployable: {n} per-channel input steps folded into '
-                       'their LayerNorms (one step per tensor now)')
+                       'their producers (one step per tensor now)')
         if not self.recipe.weights_in_stage1:  # QAT learned its steps
             n = quantize_weights(self.student, self.recipe.clip)
             if logger:

@@ -308,3 +308,32 @@ def test_onnx_classifier_runs_a_fixed_batch_model_on_any_batch(tmp_path):
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 6 / 7
     samples = onnx_model(x, mode='predict')
     assert [int(s.pred_label) for s in samples] == list(got.argmax(1))
+
+
+def test_detector_backbone_export_and_feature_parity(tmp_path):
+    """A GPLQ Mask R-CNN (the demo architecture, random weights) exports its
+    Swin backbone; onnxruntime's feature maps are PyTorch's."""
+    from mmengine.config import Config
+
+    from gplq_mm.deploy import parity
+    from gplq_mm.quant import calibration
+    cfg = Config.fromfile('configs/demo/mask-rcnn_swin-tiny_digits_fp.py')
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = MODELS.build(dict(type='GPLQDetector',
+                                  architecture=cfg.model,
+                                  method='gplq-deploy')).eval()
+    batches = [dict(inputs=_images(2, seed) * 2) for seed in range(3)]
+    with calibration(model.student):
+        for b in batches:
+            model.student.extract_feat(b['inputs'])
+    model.set_stage(1)
+    model.weight_ptq(batches)
+    path = str(tmp_path / 'backbone.onnx')
+    info = export_onnx(model, path, batches[0]['inputs'])
+    assert info['outputs'] == ['feat0', 'feat1', 'feat2']
+    assert not info['per_channel']
+    report = parity(model, session(path), [_images(2, 9)])
+    assert report['images'] == 2
+    for level in range(3):
+        assert report[f'rel_l2[{level}]'] < 0.05, report
