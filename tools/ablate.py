@@ -54,34 +54,43 @@ def _test(out, name, cfg, ckpt, options, metrics):
     return {k: m[k] for k in metrics}
 
 
-def qwt_target(out):
-    rows = []
+def _gplq_runs():
+    """``(task name, task, bits, bit options, work dir, FP32 checkpoint)``
+    of tools/benchmark.py's gplq run of each task and width (trained when
+    missing)."""
     for task_name, task in TASKS.items():
         fp_ckpt = task['fp_model']({})
         for bits in (4, 3):
             opts = [f'model.quant_cfg.w_bits={bits}',
                     f'model.quant_cfg.a_bits={bits}']
             base = f'work_dirs/bench/{task_name}/gplq_w{bits}a{bits}'
-            _train(base, task['cfg'], fp_ckpt, opts)  # same_input (default)
-            chained = f'{out}/{task_name}_w{bits}a{bits}_chained'
-            _train(chained, task['cfg'], fp_ckpt, opts + [
-                f'load_from={base}/gplq_stage1.pth',
-                'train_cfg.max_epochs=0',
-                'custom_hooks.0.qwt_target=chained'])
-            final = f'gplq_w{bits}a{bits}.pth'
-            for name, ckpt, extra in (
-                    ('no QwT', f'{base}/{final}', ['model.use_qwt=False']),
-                    ('same_input (paper)', f'{base}/{final}', []),
-                    ('chained', f'{chained}/{final}', [])):
-                tag = f'{task_name}_w{bits}a{bits}_{name.split()[0]}'
-                r2 = json.load(open(osp.join(osp.dirname(ckpt),
-                                             'gplq_stats.json')))['qwt_r2']
-                rows.append(dict(
-                    task=task_name, bits=bits, variant=name,
-                    kept=None if name == 'no QwT' else
-                    f'{sum(v > 0 for v in r2.values())}/{len(r2)}',
-                    **_test(out, tag, task['cfg'], ckpt, opts + extra,
-                            task['metrics'])))
+            _train(base, task['cfg'], fp_ckpt, opts)
+            yield task_name, task, bits, opts, base, fp_ckpt
+
+
+def qwt_target(out):
+    rows = []
+    for task_name, task, bits, opts, base, fp_ckpt in _gplq_runs():
+        # base: the default target (same_input); chained: Stage 2 rerun
+        chained = f'{out}/{task_name}_w{bits}a{bits}_chained'
+        _train(chained, task['cfg'], fp_ckpt, opts + [
+            f'load_from={base}/gplq_stage1.pth',
+            'train_cfg.max_epochs=0',
+            'custom_hooks.0.qwt_target=chained'])
+        final = f'gplq_w{bits}a{bits}.pth'
+        for name, ckpt, extra in (
+                ('no QwT', f'{base}/{final}', ['model.use_qwt=False']),
+                ('same_input (paper)', f'{base}/{final}', []),
+                ('chained', f'{chained}/{final}', [])):
+            tag = f'{task_name}_w{bits}a{bits}_{name.split()[0]}'
+            r2 = json.load(open(osp.join(osp.dirname(ckpt),
+                                         'gplq_stats.json')))['qwt_r2']
+            rows.append(dict(
+                task=task_name, bits=bits, variant=name,
+                kept=None if name == 'no QwT' else
+                f'{sum(v > 0 for v in r2.values())}/{len(r2)}',
+                **_test(out, tag, task['cfg'], ckpt, opts + extra,
+                        task['metrics'])))
     return rows
 
 
@@ -119,27 +128,21 @@ def stage1_regularization(out):
 
 def attn_granularity(out):
     rows = []
-    for task_name, task in TASKS.items():
-        fp_ckpt = task['fp_model']({})
-        for bits in (4, 3):
-            opts = [f'model.quant_cfg.w_bits={bits}',
-                    f'model.quant_cfg.a_bits={bits}']
-            final = f'gplq_w{bits}a{bits}.pth'
-            head = f'work_dirs/bench/{task_name}/gplq_w{bits}a{bits}'
-            token = f'{out}/{task_name}_w{bits}a{bits}_token'
-            tok = ['model.quant_cfg.attn_granularity=token']
-            _train(head, task['cfg'], fp_ckpt, opts)
-            _train(token, task['cfg'], fp_ckpt, opts + tok)
-            for name, work, extra in (('head', head, []),
-                                      ('token', token, tok)):
-                for stage, ckpt in (('Stage 1', 'gplq_stage1.pth'),
-                                    (f'W{bits}A{bits}', final)):
-                    rows.append(dict(
-                        task=task_name, bits=bits,
-                        variant=f'per {name}, {stage}', **_test(
-                            out, f'{task_name}_w{bits}a{bits}_{name}_'
-                            f'{ckpt[:-4]}', task['cfg'], f'{work}/{ckpt}',
-                            opts + extra, task['metrics'])))
+    for task_name, task, bits, opts, head, fp_ckpt in _gplq_runs():
+        final = f'gplq_w{bits}a{bits}.pth'
+        token = f'{out}/{task_name}_w{bits}a{bits}_token'
+        tok = ['model.quant_cfg.attn_granularity=token']
+        _train(token, task['cfg'], fp_ckpt, opts + tok)
+        for name, work, extra in (('head', head, []),
+                                  ('token', token, tok)):
+            for stage, ckpt in (('Stage 1', 'gplq_stage1.pth'),
+                                (f'W{bits}A{bits}', final)):
+                rows.append(dict(
+                    task=task_name, bits=bits,
+                    variant=f'per {name}, {stage}', **_test(
+                        out, f'{task_name}_w{bits}a{bits}_{name}_'
+                        f'{ckpt[:-4]}', task['cfg'], f'{work}/{ckpt}',
+                        opts + extra, task['metrics'])))
     return rows
 
 
