@@ -87,8 +87,9 @@ def _set_float(model: nn.Module, on: bool) -> None:
 def _fold_constants(proto) -> int:
     """Replace each node whose inputs are all constant by initializers
     (evaluated with onnx's reference implementation), up to the 8-bit
-    codes: the weight codes become int8 initializers and what reads them
-    (DequantizeLinear, Cast) stays.
+    codes: the weight codes become int8 initializers, named
+    ``<layer scope>/weight_codes``, and what reads them (DequantizeLinear,
+    Cast, ConvInteger) stays.
     Returns the number of nodes folded."""
     onnx = _onnx()
     from onnx import numpy_helper
@@ -117,6 +118,21 @@ def _fold_constants(proto) -> int:
             n += 1
             continue
         keep.append(node)
+    # the weight codes by their layer's name: '<scope>/weight_codes'
+    names = {}
+    for node in keep:
+        if node.op_type in ('DequantizeLinear', 'Cast', 'ConvInteger'):
+            i = 1 if node.op_type == 'ConvInteger' else 0
+            a = consts.get(node.input[i])
+            if a is not None and a.dtype == np.int8 and a.ndim > 1:
+                if node.input[i] not in names:  # unique, scopes may repeat
+                    base = node.name.rsplit('/', 1)[0] + '/weight_codes'
+                    new, k = base, 1
+                    while new in names.values() or new in consts:
+                        new, k = f'{base}_{k}', k + 1
+                    names[node.input[i]] = new
+                node.input[i] = names[node.input[i]]
+    consts.update({new: consts[old] for old, new in names.items()})
     used = {i for node in keep for i in node.input} | {
         o.name for o in g.output}
     del g.node[:]
