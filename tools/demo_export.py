@@ -64,7 +64,7 @@ def main():
             (batch, *shape)).astype(np.float32)
         speeds[batch] = speed(f'{stem}_fp32.onnx', f'{stem}.onnx', x,
                               threads=args.threads)
-    parity, size = summary['parity'], summary['bytes']
+    parity, codes, size = summary['parity'], summary['codes'], summary['bytes']
     mib = {k: v / 2**20 for k, v in size.items()}
     lines = [
         f'Demo ViT (digits, {n_val} val images, 1 image = '
@@ -76,6 +76,11 @@ def main():
         f'{100 * parity["agreement"]:.2f}% of {parity["images"]} |',
         f'| max abs logit difference, ONNX vs PyTorch | '
         f'{parity["max_abs"]:.4f} |',
+        f'| integer codes equal to PyTorch\'s, worst of '
+        f'{codes["quantizers"]} quantizers: same input / whole model | '
+        f'{100 * codes["same_input_min"]:.3f}% / '
+        f'{100 * codes["end_to_end_min"]:.3f}% (mean '
+        f'{100 * codes["end_to_end_mean"]:.3f}%) |',
         f'| file size FP32 / runtime / storage (MiB) | {mib["fp32"]:.2f} / '
         f'{mib["runtime"]:.2f} ({size["runtime"] / size["fp32"]:.2f}x) / '
         f'{mib["storage"]:.2f} ({size["storage"] / size["fp32"]:.2f}x) |',
@@ -90,7 +95,8 @@ def main():
     lines.append('| kernels run (W4A4) | ' + ', '.join(
         f'{k} {v}' for k, v in sorted(ops.items(), key=lambda kv: -kv[1]))
         + ' |')
-    write_results(out, lines, dict(top1=top1, parity=parity, bytes=size,
+    write_results(out, lines, dict(top1=top1, parity=parity, codes=codes,
+                                   bytes=size,
                                    speed={str(b): s for b, s in
                                           speeds.items()}))
 

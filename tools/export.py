@@ -7,7 +7,9 @@ Classifiers export image -> logits; detectors their backbone, image ->
 feature maps (RoIAlign and NMS are not exported). The batch axis is dynamic;
 the image size is the first test batch's (``--shape H W`` to set it).
 ``--check N`` compares onnxruntime with PyTorch on N test images: logits
-(argmax agreement) or feature maps. Evaluate an exported classifier with
+(argmax agreement) or feature maps, and every quantizer's integer codes
+(on onnxruntime's own input, and through the whole model). Evaluate an
+exported classifier with
 ``tools/test.py CONFIG DIR/<name>.onnx``.
 """
 import argparse
@@ -20,8 +22,8 @@ import torch
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401  registers the GPLQ models and hook
-from gplq_mm.deploy import (MIN_OPSET, export_onnx, load_storage, parity,
-                            session, to_storage)
+from gplq_mm.deploy import (MIN_OPSET, code_agreement, export_onnx,
+                            load_storage, parity, session, to_storage)
 from gplq_mm.utils import (add_runner_args, check_checkpoint_file,
                            finish_launch, mmengine_checkpoint_globals,
                            runner_config)
@@ -108,6 +110,15 @@ def main():
                                       example.shape[-2:]))
         log(f'onnxruntime vs PyTorch on {summary["parity"]["images"]} test '
             f'images: {summary["parity"]}')
+        agree = code_agreement(model, paths['runtime'], test_batches(
+            runner, model, args.check, example.shape[-2:]))
+        summary['codes'] = dict(
+            quantizers=len(agree['same_input']),
+            same_input_min=min(agree['same_input']),
+            end_to_end_min=min(agree['end_to_end']),
+            end_to_end_mean=sum(agree['end_to_end']) / len(
+                agree['end_to_end']))
+        log(f'integer codes equal to PyTorch\'s: {summary["codes"]}')
     with open(osp.join(out_dir, f'{stem}_export.json'), 'w') as f:
         json.dump(summary, f, indent=2)
     for k, p in paths.items():

@@ -3,9 +3,10 @@ in onnxruntime (:mod:`.runtime`). onnx / onnxruntime are imported only when
 used."""
 from .onnx import (FORMS, MIN_OPSET, check_exportable, export_onnx,
                    load_storage, to_storage)
-from .runtime import (INTEGER_KERNELS, ONNXClassifier, kernel_ops, latency,
-                      onnx_test_config, parity, session)
+from .runtime import (INTEGER_KERNELS, ONNXClassifier, code_agreement,
+                      kernel_ops, latency, onnx_test_config, parity, session)
 
 __all__ = ['FORMS', 'MIN_OPSET', 'check_exportable', 'export_onnx',
            'load_storage', 'to_storage', 'INTEGER_KERNELS', 'ONNXClassifier',
-           'kernel_ops', 'latency', 'onnx_test_config', 'parity', 'session']
+           'code_agreement', 'kernel_ops', 'latency', 'onnx_test_config',
+           'parity', 'session']

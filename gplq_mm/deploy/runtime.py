@@ -15,7 +15,8 @@ from mmengine.model import BaseModel
 from mmengine.registry import MODELS
 
 __all__ = ['session', 'kernel_ops', 'run_batched', 'latency', 'parity',
-           'ONNXClassifier', 'onnx_test_config', 'INTEGER_KERNELS']
+           'code_agreement', 'ONNXClassifier', 'onnx_test_config',
+           'INTEGER_KERNELS']
 
 # onnxruntime kernels that multiply integer codes.
 INTEGER_KERNELS = ('MatMulIntegerToFloat', 'QLinearMatMul', 'MatMulInteger',
@@ -204,3 +205,92 @@ def parity(model, sess, batches) -> Dict[str, float]:
             out[k] = v
     out['images'] = images
     return out
+
+
+def _with_codes(path: str):
+    """The model at ``path`` with the input (before its clamp) and the
+    output of every QuantizeLinear also graph outputs, in graph (= call)
+    order, and each one's zero point."""
+    import onnx
+    from onnx import numpy_helper
+    proto = onnx.load(path)
+    consts = {t.name: numpy_helper.to_array(t)
+              for t in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    names, zeros = [], []
+    for n in proto.graph.node:
+        if n.op_type != 'QuantizeLinear':
+            continue
+        x = n.input[0]
+        while x in producer and producer[x].op_type in ('Clip', 'Min', 'Max'):
+            x = producer[x].input[0]
+        names += [x, n.output[0]]
+        # one zero point per node (per-channel ones are all 0)
+        zeros.append(float(consts[n.input[2]].reshape(-1)[0]))
+    proto.graph.output.extend(
+        onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    return proto, zeros
+
+
+def _codes(q, x: torch.Tensor) -> np.ndarray:
+    """``q``'s integer codes of ``x``."""
+    from ..quant.functional import broadcast_shape
+    step = q.step.detach().to(x.dtype)
+    step = step.view(broadcast_shape(x.dim(), q.axis, step.numel()))
+    return torch.clamp(torch.round(x / step), q.qmin, q.qmax).numpy()
+
+
+def _as_patches(codes: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """A patch embedding's (B, C, H, W) input in the exported layout
+    ``like`` (B, patches, C * k * k)."""
+    n, c, h, w = codes.shape
+    k = int(round((like.shape[-1] / c)**.5))
+    return codes.reshape(n, c, h // k, k, w // k, k).transpose(
+        0, 2, 4, 1, 3, 5).reshape(like.shape)
+
+
+@torch.no_grad()
+def code_agreement(model, path: str, batches) -> Dict[str, list]:
+    """Per activation quantizer, in call order: the share of elements whose
+    integer code onnxruntime computes equal to PyTorch's,
+
+    * ``same_input``: PyTorch's quantizer applied to onnxruntime's own input
+      of that quantizer (the export's numerics alone);
+    * ``end_to_end``: the PyTorch model's codes, where a code flipped by a
+      float-rounding difference upstream changes the inputs downstream.
+
+    ``model`` is the exported GPLQ model, ``path`` its runtime ONNX file,
+    ``batches`` preprocessed image tensors."""
+    from ..quant import composed_paths, iter_quantizers
+    proto, zeros = _with_codes(path)
+    sess = session(proto, threads=None)
+    graph, _ = model.deploy_graph()
+    model.eval()
+    counts = np.zeros((3, len(zeros)))  # same input, end to end, elements
+    for x in batches:
+        calls = []
+        handles = [q.register_forward_pre_hook(
+            lambda q, args: calls.append((q, _codes(q, args[0]))))
+            for _, q in iter_quantizers(model.student, 'act') if q.enabled]
+        try:
+            with composed_paths(model.student):
+                graph(x)
+        finally:
+            for h in handles:
+                h.remove()
+        got = run_batched(sess, x.numpy())
+        n_out = len(got) - 2 * len(zeros)
+        if len(calls) != len(zeros):
+            raise RuntimeError(f'{len(zeros)} QuantizeLinear nodes but '
+                               f'{len(calls)} quantizer calls')
+        for i, (z, (q, ref)) in enumerate(zip(zeros, calls)):
+            x_in, codes = got[n_out + 2 * i], got[n_out + 2 * i + 1]
+            codes = codes.astype(np.float32) - z
+            if ref.ndim == 4 and codes.ndim == 3:  # patch embedding
+                ref = _as_patches(ref, codes)
+            counts[0, i] += (codes == _codes(q, torch.from_numpy(x_in))
+                             ).sum()
+            counts[1, i] += (codes == ref).sum()
+            counts[2, i] += codes.size
+    return dict(same_input=list(counts[0] / counts[2]),
+                end_to_end=list(counts[1] / counts[2]))

@@ -10,10 +10,8 @@ import torch
 from mmengine.registry import DefaultScope, MODELS
 
 import gplq_mm  # noqa: F401
-from gplq_mm.deploy import (INTEGER_KERNELS, export_onnx, kernel_ops,
-                            load_storage, session, to_storage)
-from gplq_mm.quant import composed_paths, iter_quantizers
-from gplq_mm.quant.functional import broadcast_shape
+from gplq_mm.deploy import (INTEGER_KERNELS, code_agreement, export_onnx,
+                            kernel_ops, load_storage, session, to_storage)
 from gplq_mm.quant.layers import is_quant_layer
 
 _VIT = dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2,
@@ -57,65 +55,6 @@ def build(host, stage=2, **kw):
     return model
 
 
-def _with_codes(path):
-    """The model at ``path`` with the input (before its clip) and the output
-    of every QuantizeLinear also graph outputs, in graph (= call) order,
-    and each one's zero point."""
-    proto = onnx.load(path)
-    consts = {t.name: onnx.numpy_helper.to_array(t)
-              for t in proto.graph.initializer}
-    producer = {o: n for n in proto.graph.node for o in n.output}
-    names, zeros = [], []
-    for n in proto.graph.node:
-        if n.op_type != 'QuantizeLinear':
-            continue
-        x = n.input[0]
-        while x in producer and producer[x].op_type in ('Clip', 'Min', 'Max'):
-            x = producer[x].input[0]
-        names += [x, n.output[0]]
-        # one zero point per node (per-channel ones are all 0)
-        zeros.append(float(consts[n.input[2]].reshape(-1)[0]))
-    proto.graph.output.extend(
-        onnx.helper.make_empty_tensor_value_info(n) for n in names)
-    return proto, zeros
-
-
-def _patches(b, a):
-    """PyTorch's (B, C, H, W) codes of a patch embedding in the exported
-    layout ``a`` (B, patches, C * k * k)."""
-    n, c, h, w = b.shape
-    k = int(round((a.shape[-1] / c)**.5))
-    return b.reshape(n, c, h // k, k, w // k, k).transpose(
-        0, 2, 4, 1, 3, 5).reshape(a.shape)
-
-
-def _codes(q, a):
-    step = q.step.detach().to(a.dtype)
-    step = step.view(broadcast_shape(a.dim(), q.axis, step.numel()))
-    return torch.clamp(torch.round(a / step), q.qmin, q.qmax).numpy()
-
-
-def _torch_codes(model, x):
-    """Integer codes of every activation quantizer call, in call order, the
-    quantizers, and the logits."""
-    codes, calls, handles = [], [], []
-
-    def hook(q, args):
-        codes.append(_codes(q, args[0]))
-        calls.append(q)
-
-    for _, q in iter_quantizers(model.student, 'act'):
-        if q.enabled:
-            handles.append(q.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad(), composed_paths(model.student):
-            logits = model.deploy_graph()[0](x)
-    finally:
-        for h in handles:
-            h.remove()
-    return codes, calls, logits.numpy()
-
-
 @pytest.mark.parametrize('host,deployable', [
     ('vit', True), ('deit', True), ('swin', True), ('vit', False),
     ('swin', False)])
@@ -133,18 +72,13 @@ def test_onnxruntime_computes_the_pytorch_model(host, deployable, tmp_path):
     # mmpretrain's Swin computes int(windows.shape[0] / ...): traced, the
     # batch size is a constant, which the export detects.
     assert info['dynamic_batch'] == (host != 'swin')
-    proto, zeros = _with_codes(path)
-    got = session(proto).run(None, {'input': x.numpy()})
-    ref_codes, quantizers, ref_logits = _torch_codes(model, x)
-    assert len(zeros) == len(ref_codes) > 10
-    for i, (z, q, b) in enumerate(zip(zeros, quantizers, ref_codes)):
-        a_in, a = got[1 + 2 * i], got[2 + 2 * i].astype(np.float32) - z
-        same_input = _codes(q, torch.from_numpy(a_in))
-        if b.ndim == 4 and a.ndim == 3:  # a patch embedding, as patches
-            b = _patches(b, a)
-        assert a.shape == b.shape == same_input.shape, i
-        assert (a == same_input).mean() >= 0.9999, i
-        assert (a == b).mean() >= 0.995, i
+    agree = code_agreement(model, path, [x])
+    assert len(agree['same_input']) > 10
+    assert min(agree['same_input']) >= 0.9999, agree
+    assert min(agree['end_to_end']) >= 0.995, agree
+    got = session(path).run(None, {'input': x.numpy()})
+    with torch.no_grad():
+        ref_logits = model.deploy_graph()[0](x).numpy()
     logits = got[0]
     assert np.linalg.norm(logits - ref_logits) < 0.1 * np.linalg.norm(
         ref_logits)
