@@ -114,10 +114,10 @@ def main():
             runner, model, args.check, example.shape[-2:]))
         summary['codes'] = dict(
             quantizers=len(agree['same_input']),
-            same_input_min=min(agree['same_input']),
-            end_to_end_min=min(agree['end_to_end']),
-            end_to_end_mean=sum(agree['end_to_end']) / len(
-                agree['end_to_end']))
+            same_input_min=float(min(agree['same_input'])),
+            end_to_end_min=float(min(agree['end_to_end'])),
+            end_to_end_mean=float(sum(agree['end_to_end']) / len(
+                agree['end_to_end'])))
         log(f'integer codes equal to PyTorch\'s: {summary["codes"]}')
     with open(osp.join(out_dir, f'{stem}_export.json'), 'w') as f:
         json.dump(summary, f, indent=2)

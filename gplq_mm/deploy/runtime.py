@@ -60,7 +60,9 @@ def kernel_ops(model, inputs: np.ndarray) -> Dict[str, int]:
 
 def run_batched(sess, x: np.ndarray) -> list:
     """``sess``'s outputs on the batch ``x``; a model exported with a fixed
-    batch size runs chunks of that size (the last one zero-padded)."""
+    batch size runs chunks of that size (the last one zero-padded), and each
+    output's rows are joined (batch-major, as the graph's outputs and
+    Swin's window tensors are)."""
     batch = sess.get_inputs()[0].shape[0]
     if not isinstance(batch, int) or batch == len(x):
         return sess.run(None, {'input': x})
@@ -71,8 +73,10 @@ def run_batched(sess, x: np.ndarray) -> list:
         if pad:
             chunk = np.concatenate(
                 [chunk, np.zeros((pad, ) + chunk.shape[1:], chunk.dtype)])
-        outs.append([o[:batch - pad] for o in sess.run(None,
-                                                       {'input': chunk})])
+        # rows of the images, not the padding (an output may hold several
+        # rows per image, batch-major: Swin's windows)
+        outs.append([o[:len(o) // batch * (batch - pad)]
+                     for o in sess.run(None, {'input': chunk})])
     return [np.concatenate(o) for o in zip(*outs)]
 
 
