@@ -17,6 +17,7 @@ import json
 import os
 import os.path as osp
 import sys
+import time
 
 import torch
 from mmengine.runner import Runner
@@ -43,11 +44,15 @@ def parse_args():
     return p.parse_args()
 
 
-def test_batches(runner, model, n, shape=None):
-    """Preprocessed test images, up to ``n`` (resized to ``shape``)."""
+def test_batches(runner, model, n, shape=None, what=None):
+    """Preprocessed test images, up to ``n`` (resized to ``shape``); with
+    ``what``, progress is logged every 30 s."""
     loader = Runner.build_dataloader(runner.cfg.test_dataloader)
-    seen = 0
+    seen, last = 0, time.time()
     for data in loader:
+        if what and time.time() - last > 30:
+            runner.logger.info(f'{what}: {seen}/{n} images')
+            last = time.time()
         x = model.data_preprocessor(data, False)['inputs'].float()
         if shape is not None and tuple(x.shape[-2:]) != tuple(shape):
             x = torch.nn.functional.interpolate(x, size=tuple(shape),
@@ -107,11 +112,11 @@ def main():
         sess = session(load_storage(paths['storage']), threads=None)
         summary['parity'] = parity(
             model, sess, test_batches(runner, model, args.check,
-                                      example.shape[-2:]))
+                                      example.shape[-2:], 'outputs'))
         log(f'onnxruntime vs PyTorch on {summary["parity"]["images"]} test '
             f'images: {summary["parity"]}')
         agree = code_agreement(model, paths['runtime'], test_batches(
-            runner, model, args.check, example.shape[-2:]))
+            runner, model, args.check, example.shape[-2:], 'codes'))
         summary['codes'] = dict(
             quantizers=len(agree['same_input']),
             same_input_min=float(min(agree['same_input'])),
