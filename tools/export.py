@@ -23,8 +23,9 @@ import torch
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401  registers the GPLQ models and hook
-from gplq_mm.deploy import (MIN_OPSET, code_agreement, export_onnx,
-                            load_storage, parity, session, to_storage)
+from gplq_mm.deploy import (MIN_OPSET, check_opset, code_agreement,
+                            export_onnx, load_storage, parity, session,
+                            to_storage)
 from gplq_mm.utils import (add_runner_args, check_checkpoint_file,
                            finish_launch, mmengine_checkpoint_globals,
                            runner_config)
@@ -68,10 +69,7 @@ def main():
     args = parse_args()
     try:
         check_checkpoint_file(args.checkpoint)
-        if args.opset < MIN_OPSET:
-            raise ValueError(f'--opset {args.opset} is below {MIN_OPSET}, '
-                             'the first with INT4 and per-axis '
-                             'QuantizeLinear')
+        check_opset(args.opset)  # before the model is built
     except ValueError as e:
         sys.exit(f'error: {e}')
     out_dir = args.out_dir or osp.dirname(osp.abspath(args.checkpoint))

@@ -17,6 +17,7 @@ form, and the FP32 baseline, all by the same code.
 * **fp32** (``*_fp32.onnx``): the same model with every quantizer and
   compensator off.
 """
+import contextlib
 import os.path as osp
 import warnings
 from typing import Callable, Dict, List, Optional
@@ -25,13 +26,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..quant import iter_quantizers, set_quant_state
+from ..quant import iter_quantizers
 from ..quant.layers import is_quant_layer
 from ..quant.qdq import one_step
-from ..quant.qwt import QwTCompensator
 
-__all__ = ['MIN_OPSET', 'export_onnx', 'check_exportable', 'to_storage',
-           'load_storage', 'FORMS']
+__all__ = ['MIN_OPSET', 'export_onnx', 'check_exportable', 'check_opset',
+           'to_storage', 'load_storage', 'FORMS']
 
 MIN_OPSET = 21  # INT4 tensors, per-axis QuantizeLinear / DequantizeLinear
 FORMS = ('runtime', 'fp32')
@@ -74,14 +74,27 @@ def check_exportable(model: nn.Module, source: str = 'the model') -> List[str]:
             and not one_step(m.input_quantizer.step)]
 
 
-def _set_float(model: nn.Module, on: bool) -> None:
+def check_opset(opset: int) -> None:
+    """Raise when ``opset`` is below :data:`MIN_OPSET`."""
+    if opset < MIN_OPSET:
+        raise ValueError(f'opset={opset} is below {MIN_OPSET}, the first '
+                         'with INT4 and per-axis QuantizeLinear; use '
+                         f'--opset {MIN_OPSET} or higher')
+
+
+@contextlib.contextmanager
+def _float(model: nn.Module, on: bool):
+    """With ``on``: the model as float (stage 0, compensators off), by its
+    own stage switch; restored on exit."""
+    stage, use_qwt = model.stage, model.use_qwt
     if on:
-        set_quant_state(model.student, weight=False, act=False)
-        for m in model.student.modules():
-            if isinstance(m, QwTCompensator):
-                m.enabled = False
-    else:
-        model.apply_stage()
+        model.use_qwt = False
+        model.set_stage(0)
+    try:
+        yield
+    finally:
+        model.use_qwt = use_qwt
+        model.set_stage(stage)
 
 
 def _fold_constants(proto) -> int:
@@ -205,27 +218,24 @@ def export_onnx(model: nn.Module, path: str, inputs: torch.Tensor,
         ValueError: ``opset < 21``, an unknown ``form``, a float or Stage-1
             model, a quantizer with no export rule.
     """
-    if opset < MIN_OPSET:
-        raise ValueError(f'opset={opset} is below {MIN_OPSET}, the first '
-                         'with INT4 and per-axis QuantizeLinear; use '
-                         f'--opset {MIN_OPSET} or higher')
+    check_opset(opset)
     if form not in FORMS:
         raise ValueError(f'form={form!r}: use one of {FORMS}')
     per_channel = [] if form == 'fp32' else check_exportable(model)
     graph, name = model.deploy_graph()
     was_training = model.training
     model.eval()
-    _set_float(model, form == 'fp32')
     try:
-        with torch.no_grad():
-            out = graph(inputs)
-        outputs = [name] if isinstance(out, torch.Tensor) else [
-            f'{name}{i}' for i in range(len(out))]
-        dynamic = _trace(graph, inputs, path, outputs, opset, dynamic=True)
-        if not dynamic:
-            _trace(graph, inputs, path, outputs, opset, dynamic=False)
+        with _float(model, form == 'fp32'):
+            with torch.no_grad():
+                out = graph(inputs)
+            outputs = [name] if isinstance(out, torch.Tensor) else [
+                f'{name}{i}' for i in range(len(out))]
+            dynamic = _trace(graph, inputs, path, outputs, opset,
+                             dynamic=True)
+            if not dynamic:
+                _trace(graph, inputs, path, outputs, opset, dynamic=False)
     finally:
-        _set_float(model, False)
         model.train(was_training)
     if logger:
         logger(f'exported {form} ONNX (opset {opset}) to {path} '

@@ -125,8 +125,6 @@ class ONNXClassifier(BaseModel):
             proto = load_storage(onnx_file)
         self.onnx_file = onnx_file
         self.session = session(proto, threads)
-        batch = self.session.get_inputs()[0].shape[0]
-        self.batch = batch if isinstance(batch, int) else None
 
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """The model's output (:func:`run_batched`)."""
