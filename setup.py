@@ -7,9 +7,10 @@ setup(
     'vision transformers',
     packages=find_packages(include=['gplq_mm', 'gplq_mm.*']),
     python_requires='>=3.8',
-    # mmcv must come with its compiled ops (README: "Install").
+    # mmcv must come with its compiled ops (README: "Install"); the torch
+    # floor is gplq_mm/env.py's, which `import gplq_mm` checks.
     install_requires=[
-        'torch>=2.0', 'mmengine>=0.10.0,<0.11', 'mmcv>=2.0.0,<2.2.0',
+        'torch>=2.6', 'mmengine>=0.10.0,<0.11', 'mmcv>=2.0.0,<2.2.0',
         'mmpretrain>=1.2.0', 'mmdet>=3.3.0', 'timm>=0.9', 'numpy',
         'matplotlib'
     ],

@@ -7,9 +7,14 @@ mmengine checkpoints with torch >= 2.6 in code of your own, see
 :mod:`gplq_mm.utils.checkpoint` (``tools/train.py`` and ``tools/test.py``
 do it for you).
 """
-from .deploy import ONNXClassifier
-from .engine import GPLQHook, GPLQTrainLoop
-from .models import GPLQClassifier, GPLQDetector
+# first: an older torch fails here with one line, not deep in an import
+from .env import check_torch_version
+
+check_torch_version()
+
+from .deploy import ONNXClassifier  # noqa: E402
+from .engine import GPLQHook, GPLQTrainLoop  # noqa: E402
+from .models import GPLQClassifier, GPLQDetector  # noqa: E402
 
 __version__ = '0.1.0'
 __all__ = ['GPLQClassifier', 'GPLQDetector', 'GPLQHook', 'GPLQTrainLoop',
