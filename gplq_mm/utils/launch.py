@@ -1,6 +1,8 @@
 """Multi-process runs on machines without CUDA (gloo)."""
 import gc
 import os
+import subprocess
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -39,16 +41,23 @@ def runner_config(args):
 
 
 def prepare_launch(cfg) -> None:
-    """Let ``--launcher pytorch`` work without CUDA.
+    """Let ``--launcher pytorch`` and ``--launcher slurm`` work without CUDA.
 
     mmengine 0.10.7 calls ``torch.cuda.set_device`` when it initializes the
-    process group and gives DDP a CUDA ``device_ids``. Without CUDA we start
-    the (gloo) group ourselves, which mmengine then reuses, and wrap the
-    model in DDP without device ids. With CUDA nothing changes.
+    process group (for both launchers; for slurm it also divides by
+    ``torch.cuda.device_count()``) and gives DDP a CUDA ``device_ids``.
+    Without CUDA we start the (gloo) group ourselves, which mmengine then
+    reuses, and wrap the model in DDP without device ids; for slurm we first
+    set the variables mmengine's slurm initialization would
+    (:func:`_slurm_environ`). With CUDA nothing changes.
     """
-    if cfg.get('launcher', 'none') != 'pytorch' or torch.cuda.is_available():
+    launcher = cfg.get('launcher', 'none')
+    if launcher not in ('pytorch', 'slurm') or torch.cuda.is_available():
         return
     if not dist.is_initialized():
+        if launcher == 'slurm':
+            dist_cfg = (cfg.get('env_cfg') or {}).get('dist_cfg') or {}
+            os.environ.update(_slurm_environ(port=dist_cfg.get('port')))
         dist.init_process_group(
             backend='gloo', rank=int(os.environ['RANK']),
             world_size=int(os.environ['WORLD_SIZE']))
@@ -57,6 +66,67 @@ def prepare_launch(cfg) -> None:
             type='MMDistributedDataParallel', device_ids=None,
             broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
+_SLURM_NEEDS = ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST',
+                'SLURM_LOCALID')
+
+
+def _slurm_environ(port: Optional[int] = None) -> Dict[str, str]:
+    """The variables mmengine's ``_init_dist_slurm`` (0.10.7) derives from
+    the ones ``srun`` sets, derived as it does, without CUDA.
+
+    ``RANK`` is ``SLURM_PROCID``, ``WORLD_SIZE`` ``SLURM_NTASKS``,
+    ``LOCAL_RANK`` ``SLURM_LOCALID`` (mmengine's fallback, the rank modulo
+    the GPU count, has no meaning without GPUs, so it is required);
+    ``MASTER_ADDR`` is kept when set, else the first host of
+    ``scontrol show hostname $SLURM_NODELIST``; ``MASTER_PORT`` is ``port``
+    (``env_cfg.dist_cfg.port``, as mmengine reads it) when given, else kept
+    when set, else 29500.
+
+    Args:
+        port (int, optional): The master port. Defaults to None.
+
+    Returns:
+        dict: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+        ``MASTER_PORT``, as strings.
+
+    Raises:
+        ValueError: A Slurm variable is missing (not started by ``srun``).
+        RuntimeError: ``scontrol`` cannot name the first host.
+    """
+    env = os.environ
+    missing = [k for k in _SLURM_NEEDS if not env.get(k)]
+    if missing:
+        raise ValueError(f'--launcher slurm needs the variables srun sets; '
+                         f'missing: {", ".join(missing)} (start the job with '
+                         'srun, e.g. tools/slurm_train.sh)')
+    out = dict(RANK=env['SLURM_PROCID'], WORLD_SIZE=env['SLURM_NTASKS'],
+               LOCAL_RANK=env['SLURM_LOCALID'])
+    out['MASTER_ADDR'] = env.get('MASTER_ADDR') or _first_host(
+        env['SLURM_NODELIST'])
+    if port is not None:
+        out['MASTER_PORT'] = str(port)
+    else:
+        out['MASTER_PORT'] = env.get('MASTER_PORT', '29500')
+    return out
+
+
+def _first_host(node_list: str) -> str:
+    """The first host name of a Slurm node list (``node[01-04]``)."""
+    cmd = ['scontrol', 'show', 'hostname', node_list]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:
+        raise RuntimeError(f'--launcher slurm: cannot run {" ".join(cmd)!r} '
+                           f'({e}); set MASTER_ADDR instead') from e
+    hosts = proc.stdout.split()
+    if proc.returncode != 0 or not hosts:
+        said = (proc.stderr or proc.stdout).strip()
+        raise RuntimeError(
+            f'--launcher slurm: {" ".join(cmd)!r} named no host (exit '
+            f'{proc.returncode}: {said!r}); set MASTER_ADDR instead')
+    return hosts[0]
 
 
 def finish_launch() -> None:
