@@ -181,3 +181,57 @@ def test_two_slurm_tasks_train_as_one_group(digits_root, fp_checkpoint,
     assert scontrol_log.read_text().splitlines() == [
         'show hostname gplq-node[1]'] * 2
     assert (work / 'gplq_w4a4.pth').exists()
+
+
+def _srun(tmp_path, script, args, **env):
+    """Run a tools/slurm_*.sh with a stand-in ``srun`` that records its
+    arguments, one a line, and PYTHONPATH."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / 'srun.log'
+    (bin_dir / 'srun').write_text(
+        f'#!/bin/sh\necho "$PYTHONPATH" > {log}\n'
+        f'printf "%s\\n" "$@" >> {log}\n')
+    (bin_dir / 'srun').chmod(0o755)
+    run_env = {k: v for k, v in os.environ.items()
+               if k not in ('GPUS', 'GPUS_PER_NODE', 'CPUS_PER_TASK',
+                            'SRUN_ARGS', 'PYTHON')}
+    run_env.update(PATH=str(bin_dir) + os.pathsep + os.environ['PATH'],
+                   **env)
+    path = osp.join(ROOT, 'tools', script)
+    subprocess.run(['bash', path, *args], env=run_env, check=True,
+                   capture_output=True, text=True)
+    pythonpath, *argv = log.read_text().splitlines()
+    assert pythonpath.startswith(osp.join(ROOT, 'tools', '..') + ':')
+    return argv
+
+
+@pytest.mark.parametrize('script', ['slurm_train.sh', 'slurm_test.sh'])
+def test_slurm_scripts_parse(script):
+    subprocess.run(['bash', '-n', osp.join(ROOT, 'tools', script)],
+                   check=True)
+
+
+def test_slurm_train_sh_calls_train_py_with_the_slurm_launcher(tmp_path):
+    argv = _srun(tmp_path, 'slurm_train.sh',
+                 ['part', 'job', 'cfg.py', 'work', '--cfg-options',
+                  'model.checkpoint=/my ckpts/fp32.pth', '--amp'],
+                 GPUS='2', GPUS_PER_NODE='4', CPUS_PER_TASK='3',
+                 SRUN_ARGS='--time=10 --qos=low', PYTHON='py3')
+    assert argv == [
+        '-p', 'part', '--job-name=job', '--gres=gpu:4', '--ntasks=2',
+        '--ntasks-per-node=4', '--cpus-per-task=3', '--kill-on-bad-exit=1',
+        '--time=10', '--qos=low', 'py3', '-u',
+        osp.join(ROOT, 'tools', 'train.py'), 'cfg.py', '--work-dir=work',
+        '--launcher=slurm', '--cfg-options',
+        'model.checkpoint=/my ckpts/fp32.pth', '--amp']
+
+
+def test_slurm_test_sh_calls_test_py_with_the_slurm_launcher(tmp_path):
+    argv = _srun(tmp_path, 'slurm_test.sh',
+                 ['part', 'job', 'cfg.py', 'w4a4.pth', '--out', 'm.json'])
+    assert argv == [
+        '-p', 'part', '--job-name=job', '--gres=gpu:8', '--ntasks=8',
+        '--ntasks-per-node=8', '--cpus-per-task=5', '--kill-on-bad-exit=1',
+        'python', '-u', osp.join(ROOT, 'tools', 'test.py'), 'cfg.py',
+        'w4a4.pth', '--launcher=slurm', '--out', 'm.json']
