@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gplq-env
 
-.PHONY: env test demo demo-det demo-export bench bench-speed bench-export clean
+.PHONY: env lint test demo demo-det demo-export bench bench-speed bench-export clean
 
 $(STAMP): requirements.txt setup.py tools/setup_env.sh
 	VENV=$(VENV) bash tools/setup_env.sh
@@ -11,7 +11,11 @@ $(STAMP): requirements.txt setup.py tools/setup_env.sh
 
 env: $(STAMP)
 
-test: $(STAMP)
+# ruff's pycodestyle / pyflakes / isort rules (ruff.toml), then the suite
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

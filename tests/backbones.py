@@ -36,15 +36,9 @@ def mmdet_swin():
 
 def timm_vit():
     import timm
-    model = timm.create_model(
+    return timm.create_model(
         'vit_tiny_patch16_224', pretrained=False, img_size=32, patch_size=8,
-        embed_dim=32, depth=2, num_heads=2, num_classes=5)
-    # convert switches timm's fused SDPA path off (its explicit path has the
-    # softmax seam; revert restores the flag), and the two differ by
-    # rounding: the float reference takes the explicit path too.
-    for blk in model.blocks:
-        blk.attn.fused_attn = False
-    return model, ['blocks']
+        embed_dim=32, depth=2, num_heads=2, num_classes=5), ['blocks']
 
 
 def timm_swin():
@@ -55,7 +49,8 @@ def timm_swin():
         window_size=4, num_classes=5), ['layers']
 
 
-BACKBONES = dict(mmpretrain_vit=mmpretrain_vit, mmpretrain_deit=mmpretrain_deit,
+BACKBONES = dict(mmpretrain_vit=mmpretrain_vit,
+                 mmpretrain_deit=mmpretrain_deit,
                  mmpretrain_swin=mmpretrain_swin, mmdet_swin=mmdet_swin,
                  timm_vit=timm_vit, timm_swin=timm_swin)
 

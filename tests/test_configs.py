@@ -137,6 +137,7 @@ def test_cascade_is_the_swin_authors_architecture_and_their_keys_load():
     checkpoint in the Swin authors' (mmdet 2.x) key layout, converted by
     tools/convert_swin_det.py, loads strictly."""
     import importlib.util
+
     from mmdet.utils import register_all_modules
     register_all_modules(init_default_scope=False)
     cfg = Config.fromfile(osp.join(

@@ -24,34 +24,26 @@ import os.path as osp
 
 from mmengine.config import Config
 
-from gplq_mm.demo.runs import (CLS_GPLQ_CFG, DET_GPLQ_CFG, METRIC_NAMES,
-                               ROOT, cls_fp_model, det_fp_model, run,
-                               write_results)
+from gplq_mm.demo.runs import (
+    METRIC_NAMES,
+    ROOT,
+    TASKS,
+    bench_dir,
+    evaluate,
+    train,
+    write_results,
+)
+from gplq_mm.models.methods import checkpoint_name, stage1_name
 
-TASKS = dict(
-    cls=dict(cfg=CLS_GPLQ_CFG, fp_model=cls_fp_model,
-             metrics=('accuracy/top1', ), fmt='{:.2f}', scale=1),
-    det=dict(cfg=DET_GPLQ_CFG['full'], fp_model=det_fp_model,
-             metrics=('coco/bbox_mAP', 'coco/segm_mAP'), fmt='{:.1f}',
-             scale=100))
+STAGE1 = stage1_name('gplq')
 
 
-def _train(work, cfg, fp_ckpt, options):
-    if not osp.isfile(f'{work}/gplq_stage1.pth') or not any(
-            f.startswith('gplq_w') for f in os.listdir(work)):
-        run(f'train {work}', ['tools/train.py', cfg, '--work-dir', work,
-                              '--cfg-options', f'model.checkpoint={fp_ckpt}']
-            + options)
+def _train(work, cfg, fp_ckpt, bits, options):
+    train(work, cfg, fp_ckpt, checkpoint_name('gplq', bits, bits), options)
 
 
 def _test(out, name, cfg, ckpt, options, metrics):
-    path = f'{out}/eval_{name}.json'
-    if not osp.isfile(path):
-        run(f'test {name}', ['tools/test.py', cfg, ckpt, '--out', path,
-                             '--work-dir', f'{out}/test_{name}'] +
-            (['--cfg-options'] + options if options else []))
-    m = json.load(open(path))
-    return {k: m[k] for k in metrics}
+    return evaluate(out, name, cfg, ckpt, options, metrics, reuse=True)
 
 
 def _gplq_runs():
@@ -63,8 +55,8 @@ def _gplq_runs():
         for bits in (4, 3):
             opts = [f'model.quant_cfg.w_bits={bits}',
                     f'model.quant_cfg.a_bits={bits}']
-            base = f'work_dirs/bench/{task_name}/gplq_w{bits}a{bits}'
-            _train(base, task['cfg'], fp_ckpt, opts)
+            base = bench_dir(task_name, 'gplq', bits)
+            _train(base, task['cfg'], fp_ckpt, bits, opts)
             yield task_name, task, bits, opts, base, fp_ckpt
 
 
@@ -73,11 +65,11 @@ def qwt_target(out):
     for task_name, task, bits, opts, base, fp_ckpt in _gplq_runs():
         # base: the default target (same_input); chained: Stage 2 rerun
         chained = f'{out}/{task_name}_w{bits}a{bits}_chained'
-        _train(chained, task['cfg'], fp_ckpt, opts + [
-            f'load_from={base}/gplq_stage1.pth',
+        _train(chained, task['cfg'], fp_ckpt, bits, opts + [
+            f'load_from={base}/{STAGE1}',
             'train_cfg.max_epochs=0',
             'custom_hooks.0.qwt_target=chained'])
-        final = f'gplq_w{bits}a{bits}.pth'
+        final = checkpoint_name('gplq', bits, bits)
         for name, ckpt, extra in (
                 ('no QwT', f'{base}/{final}', ['model.use_qwt=False']),
                 ('same_input (paper)', f'{base}/{final}', []),
@@ -110,14 +102,14 @@ def stage1_regularization(out):
     for bits in (4, 3):
         opts = [f'model.quant_cfg.w_bits={bits}',
                 f'model.quant_cfg.a_bits={bits}']
-        final = f'gplq_w{bits}a{bits}.pth'
-        host_work = f'work_dirs/bench/cls/gplq_w{bits}a{bits}'
+        final = checkpoint_name('gplq', bits, bits)
+        host_work = bench_dir('cls', 'gplq', bits)
         none_work = f'{out}/cls_w{bits}a{bits}_none'
-        _train(host_work, task['cfg'], fp_ckpt, opts)
-        _train(none_work, none_cfg, fp_ckpt, opts)
+        _train(host_work, task['cfg'], fp_ckpt, bits, opts)
+        _train(none_work, none_cfg, fp_ckpt, bits, opts)
         for name, c, work in (('host', task['cfg'], host_work),
                               ('none', none_cfg, none_work)):
-            for stage, ckpt in (('Stage 1', 'gplq_stage1.pth'),
+            for stage, ckpt in (('Stage 1', STAGE1),
                                 ('W{0}A{0}'.format(bits), final)):
                 rows.append(dict(
                     task='cls', bits=bits, variant=f'{name}, {stage}',
@@ -129,13 +121,13 @@ def stage1_regularization(out):
 def attn_granularity(out):
     rows = []
     for task_name, task, bits, opts, head, fp_ckpt in _gplq_runs():
-        final = f'gplq_w{bits}a{bits}.pth'
+        final = checkpoint_name('gplq', bits, bits)
         token = f'{out}/{task_name}_w{bits}a{bits}_token'
         tok = ['model.quant_cfg.attn_granularity=token']
-        _train(token, task['cfg'], fp_ckpt, opts + tok)
+        _train(token, task['cfg'], fp_ckpt, bits, opts + tok)
         for name, work, extra in (('head', head, []),
                                   ('token', token, tok)):
-            for stage, ckpt in (('Stage 1', 'gplq_stage1.pth'),
+            for stage, ckpt in (('Stage 1', STAGE1),
                                 (f'W{bits}A{bits}', final)):
                 rows.append(dict(
                     task=task_name, bits=bits,

@@ -17,8 +17,11 @@ from mmengine.runner import Runner, load_checkpoint
 
 import gplq_mm  # noqa: F401  registers the GPLQ models and hook
 from gplq_mm.analysis import collect, write_report
-from gplq_mm.utils import (add_runner_args, mmengine_checkpoint_globals,
-                           runner_config)
+from gplq_mm.utils import (
+    add_runner_args,
+    mmengine_checkpoint_globals,
+    runner_config,
+)
 from gplq_mm.utils.data import take_images
 
 

@@ -30,8 +30,8 @@ def main():
     args = p.parse_args()
     os.chdir(ROOT)
     os.makedirs(args.out, exist_ok=True)
-    from gplq_mm.deploy import to_storage
-    from gplq_mm.deploy.bench import export_forms, speed, stand_in
+    from gplq_mm.bench.export import speed, stand_in
+    from gplq_mm.deploy import export_forms, to_storage
     lines = [f'onnxruntime CPU, {args.threads} threads; ratios to the FP32 '
              'export of the same model', '',
              '| model | runtime size | storage size (FP16 floats) | batch | '

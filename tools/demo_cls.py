@@ -17,13 +17,17 @@ import os
 import os.path as osp
 import shutil
 
-from gplq_mm.demo.runs import (CLS_FP_CFG, CLS_GPLQ_CFG, ROOT, WORK,
-                               cls_fp_model, run)
-
-
-def top1(path):
-    with open(path) as f:
-        return json.load(f)['accuracy/top1']
+from gplq_mm.demo.runs import (
+    CLS_FP_CFG,
+    CLS_GPLQ_CFG,
+    ROOT,
+    WORK,
+    cls_fp_model,
+    evaluate,
+    run,
+    train,
+)
+from gplq_mm.models.methods import checkpoint_name, stage1_name
 
 
 def main():
@@ -37,27 +41,24 @@ def main():
     fp_ckpt = cls_fp_model(cost)
     n_val = sum(1 for _ in open('data/digits/meta/val.txt'))
     gplq_dir = f'{WORK}/gplq'
-    if not osp.isfile(f'{gplq_dir}/gplq_w4a4.pth'):
-        cost['GPLQ (Stage 1 + 2)'] = run('GPLQ W4A4', [
-            'tools/train.py', CLS_GPLQ_CFG, '--work-dir', gplq_dir,
-            '--cfg-options', f'model.checkpoint={fp_ckpt}'])
-    stage1_ckpt = f'{gplq_dir}/gplq_stage1.pth'
+    final = f'{gplq_dir}/{checkpoint_name("gplq", 4, 4)}'
+    spent = train(gplq_dir, CLS_GPLQ_CFG, fp_ckpt, osp.basename(final),
+                  step='GPLQ W4A4')
+    if spent is not None:
+        cost['GPLQ (Stage 1 + 2)'] = spent
     evals = [
         ('FP32', CLS_FP_CFG, fp_ckpt, []),
-        ('Stage 1 (W32A4)', CLS_GPLQ_CFG, stage1_ckpt, []),
-        ('W4A4, no QwT', CLS_GPLQ_CFG, f'{gplq_dir}/gplq_w4a4.pth',
-         ['--cfg-options', 'model.use_qwt=False']),
-        ('W4A4 (GPLQ)', CLS_GPLQ_CFG, f'{gplq_dir}/gplq_w4a4.pth', []),
+        ('Stage 1 (W32A4)', CLS_GPLQ_CFG,
+         f'{gplq_dir}/{stage1_name("gplq")}', []),
+        ('W4A4, no QwT', CLS_GPLQ_CFG, final, ['model.use_qwt=False']),
+        ('W4A4 (GPLQ)', CLS_GPLQ_CFG, final, []),
     ]
     rows = []
-    for i, (name, cfg, ckpt, extra) in enumerate(evals):
-        out = f'{WORK}/eval_{i}.json'
-        wall, rss = run(f'test {name}', [
-            'tools/test.py', cfg, ckpt, '--out', out, '--work-dir',
-            f'{WORK}/test_{i}'
-        ] + extra)
-        rows.append(dict(model=name, top1=top1(out), test_s=wall,
-                         test_peak_rss_mb=rss))
+    for i, (name, cfg, ckpt, options) in enumerate(evals):
+        m = evaluate(WORK, str(i), cfg, ckpt, options, ['accuracy/top1'])
+        rows.append(dict(model=name, top1=m['accuracy/top1'],
+                         test_s=m['test_s'],
+                         test_peak_rss_mb=m['test_peak_rss_mb']))
     stats_path = f'{gplq_dir}/gplq_stats.json'
     stats = json.load(open(stats_path)) if osp.isfile(stats_path) else {}
     fp = rows[0]['top1']
@@ -83,8 +84,8 @@ def main():
         json.dump(result, f, indent=2)
     print(f'\nwritten: {WORK}/cls_results.json')
     run('quantization report', [
-        'tools/analyze.py', CLS_GPLQ_CFG, f'{gplq_dir}/gplq_w4a4.pth',
-        '--out', f'{WORK}/report_cls'])
+        'tools/analyze.py', CLS_GPLQ_CFG, final, '--out',
+        f'{WORK}/report_cls'])
 
 
 if __name__ == '__main__':

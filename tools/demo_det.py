@@ -19,8 +19,19 @@ import os
 import os.path as osp
 import shutil
 
-from gplq_mm.demo.runs import (DET_FP_CFG, DET_GPLQ_CFG, ROOT, WORK,
-                               det_fp_model, run)
+from gplq_mm.demo.runs import (
+    DET_FP_CFG,
+    DET_GPLQ_CFG,
+    ROOT,
+    WORK,
+    det_fp_model,
+    evaluate,
+    run,
+    train,
+)
+from gplq_mm.models.methods import checkpoint_name, stage1_name
+
+FINAL = checkpoint_name('gplq', 4, 4)
 
 FP_DIR = f'{WORK}/det_fp'
 
@@ -39,26 +50,19 @@ def main():
     evals = [('FP32', DET_FP_CFG, fp_ckpt, None)]
     for scope, cfg in DET_GPLQ_CFG.items():
         work = f'{WORK}/det_gplq_{scope}'
-        if not osp.isfile(f'{work}/gplq_w4a4.pth'):
-            cost[f'GPLQ {scope} (Stage 1 + 2)'] = run(
-                f'GPLQ W4A4, scope {scope}', [
-                    'tools/train.py', cfg, '--work-dir', work,
-                    '--cfg-options', f'model.checkpoint={fp_ckpt}'])
+        spent = train(work, cfg, fp_ckpt, FINAL,
+                      step=f'GPLQ W4A4, scope {scope}')
+        if spent is not None:
+            cost[f'GPLQ {scope} (Stage 1 + 2)'] = spent
         evals += [(f'Stage 1 (W32A4), {scope}', cfg,
-                   f'{work}/gplq_stage1.pth',
-                   scope),
-                  (f'W4A4 (GPLQ), {scope}', cfg, f'{work}/gplq_w4a4.pth',
-                   scope)]
+                   f'{work}/{stage1_name("gplq")}', scope),
+                  (f'W4A4 (GPLQ), {scope}', cfg, f'{work}/{FINAL}', scope)]
     rows = []
     for i, (name, cfg, ckpt, scope) in enumerate(evals):
-        out = f'{WORK}/det_eval_{i}.json'
-        wall, rss = run(f'test {name}', [
-            'tools/test.py', cfg, ckpt, '--out', out, '--work-dir',
-            f'{WORK}/det_test_{i}'])
-        m = json.load(open(out))
+        m = evaluate(WORK, f'det_{i}', cfg, ckpt)
         rows.append(dict(model=name, scope=scope, bbox_mAP=m['coco/bbox_mAP'],
-                         segm_mAP=m['coco/segm_mAP'], test_s=wall,
-                         test_peak_rss_mb=rss))
+                         segm_mAP=m['coco/segm_mAP'], test_s=m['test_s'],
+                         test_peak_rss_mb=m['test_peak_rss_mb']))
     print(f"\nGPLQ detection demo: digit canvases, val {len(val['images'])} "
           f"images / {len(val['annotations'])} instances\n")
     print('| model | box AP | mask AP |')
@@ -90,7 +94,7 @@ def main():
     print(f'\nwritten: {WORK}/det_results.json')
     run('quantization report (scope full)', [
         'tools/analyze.py', DET_GPLQ_CFG['full'],
-        f'{WORK}/det_gplq_full/gplq_w4a4.pth', '--out',
+        f'{WORK}/det_gplq_full/{FINAL}', '--out',
         f'{WORK}/report_det'])
 
 

@@ -21,7 +21,16 @@ import shutil
 
 import numpy as np
 
-from gplq_mm.demo.runs import ROOT, WORK, cls_fp_model, run, write_results
+from gplq_mm.demo.runs import (
+    ROOT,
+    WORK,
+    cls_fp_model,
+    evaluate,
+    run,
+    train,
+    write_results,
+)
+from gplq_mm.models.methods import checkpoint_name
 
 CFG = 'configs/demo/gplq_vit-tiny_digits_w4a4_deploy.py'
 
@@ -37,13 +46,11 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
     fp_ckpt = cls_fp_model({})
-    ckpt = f'{work}/gplq-deploy_w4a4.pth'
-    if not osp.isfile(ckpt):
-        run('GPLQ W4A4, deployable', ['tools/train.py', CFG, '--work-dir',
-                                      work, '--cfg-options',
-                                      f'model.checkpoint={fp_ckpt}'])
+    final = checkpoint_name('gplq-deploy', 4, 4)
+    ckpt = f'{work}/{final}'
+    train(work, CFG, fp_ckpt, final, step='GPLQ W4A4, deployable')
     n_val = sum(1 for _ in open('data/digits/meta/val.txt'))
-    stem = osp.join(out, 'gplq-deploy_w4a4')
+    stem = osp.join(out, osp.splitext(final)[0])
     run('export', ['tools/export.py', CFG, ckpt, '--out-dir', out,
                    '--check', str(n_val)])
     summary = json.load(open(f'{stem}_export.json'))
@@ -51,12 +58,10 @@ def main():
     for name, model in (('PyTorch W4A4', ckpt), ('ONNX W4A4', f'{stem}.onnx'),
                         ('ONNX W4A4 storage', f'{stem}_int4.onnx'),
                         ('ONNX FP32', f'{stem}_fp32.onnx')):
-        path = f'{out}/eval_{name.replace(" ", "_")}.json'
-        run(f'test {name}', ['tools/test.py', CFG, model, '--out', path,
-                             '--work-dir', f'{out}/test'])
-        top1[name] = json.load(open(path))['accuracy/top1']
+        top1[name] = evaluate(out, name.replace(' ', '_'), CFG, model,
+                              metrics=['accuracy/top1'])['accuracy/top1']
 
-    from gplq_mm.deploy.bench import speed
+    from gplq_mm.bench.export import speed
     shape = summary['input_shape']
     speeds = {}
     for batch in (1, 16):

@@ -1,5 +1,5 @@
 """Export a GPLQ W4A4 checkpoint to ONNX: the runtime model, its INT4
-storage form and the FP32 baseline (see gplq_mm/deploy/onnx.py).
+storage form and the FP32 baseline (see gplq_mm/deploy/export.py).
 
     python tools/export.py CONFIG CHECKPOINT [--out-dir DIR] [--check N]
 
@@ -17,18 +17,28 @@ import json
 import os
 import os.path as osp
 import sys
-import time
 
 import torch
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401  registers the GPLQ models and hook
-from gplq_mm.deploy import (MIN_OPSET, check_opset, code_agreement,
-                            export_onnx, load_storage, parity, session,
-                            to_storage)
-from gplq_mm.utils import (add_runner_args, check_checkpoint_file,
-                           finish_launch, mmengine_checkpoint_globals,
-                           runner_config)
+from gplq_mm.deploy import (
+    MIN_OPSET,
+    check_opset,
+    code_agreement,
+    export_forms,
+    load_storage,
+    parity,
+    session,
+)
+from gplq_mm.utils import (
+    add_runner_args,
+    check_checkpoint_file,
+    finish_launch,
+    mmengine_checkpoint_globals,
+    runner_config,
+)
+from gplq_mm.utils.data import take_images, with_progress
 
 
 def parse_args():
@@ -45,24 +55,19 @@ def parse_args():
     return p.parse_args()
 
 
-def test_batches(runner, model, n, shape=None, what=None):
-    """Preprocessed test images, up to ``n`` (resized to ``shape``); with
-    ``what``, progress is logged every 30 s."""
-    loader = Runner.build_dataloader(runner.cfg.test_dataloader)
-    seen, last = 0, time.time()
-    for data in loader:
-        if what and time.time() - last > 30:
-            runner.logger.info(f'{what}: {seen}/{n} images')
-            last = time.time()
-        x = model.data_preprocessor(data, False)['inputs'].float()
+def test_images(runner, model, n, shape=None, what=None):
+    """Preprocessed test image tensors, ``n`` in all (resized to
+    ``shape``); with ``what``, progress is logged every 30 s."""
+    batches = take_images(Runner.build_dataloader(runner.cfg.test_dataloader),
+                          lambda d: model.data_preprocessor(d, False), n)
+    if what:
+        batches = with_progress(batches, n, what, runner.logger.info, 30.0)
+    for data in batches:
+        x = data['inputs'].float()
         if shape is not None and tuple(x.shape[-2:]) != tuple(shape):
             x = torch.nn.functional.interpolate(x, size=tuple(shape),
                                                 mode='bilinear')
-        x = x[:n - seen]
         yield x
-        seen += len(x)
-        if seen >= n:
-            return
 
 
 def main():
@@ -85,36 +90,28 @@ def main():
         except ValueError as e:
             sys.exit(f'error: {e}')
     model = runner.model
-    example = next(test_batches(runner, model, 1, args.shape))
+    example = next(test_images(runner, model, 1, args.shape))
     stem = osp.splitext(osp.basename(args.checkpoint))[0]
-    paths = dict(runtime=osp.join(out_dir, f'{stem}.onnx'),
-                 storage=osp.join(out_dir, f'{stem}_int4.onnx'),
-                 fp32=osp.join(out_dir, f'{stem}_fp32.onnx'))
     try:
-        info = export_onnx(model, paths['runtime'], example, opset=args.opset,
-                           logger=log)
+        forms = export_forms(model, out_dir, stem, example, opset=args.opset,
+                             logger=log)
     except (ValueError, TypeError, NotImplementedError) as e:
         sys.exit(f'error: {e}')
-    export_onnx(model, paths['fp32'], example, form='fp32', opset=args.opset,
-                logger=log)
-    store = to_storage(paths['runtime'], paths['storage'])
-    log(f'storage model (INT4 weights, {store["packed"]} tensors packed): '
-        f'{paths["storage"]}')
-    sizes = {k: osp.getsize(p) for k, p in paths.items()}
-    summary = dict(files=paths, bytes=sizes, outputs=info['outputs'],
+    paths, sizes = forms['paths'], forms['bytes']
+    summary = dict(files=paths, bytes=sizes, outputs=forms['outputs'],
                    input_shape=list(example.shape[1:]),
-                   per_channel_layers=len(info['per_channel']),
+                   per_channel_layers=len(forms['per_channel']),
                    ratio_to_fp32={k: sizes[k] / sizes['fp32']
                                   for k in ('runtime', 'storage')})
     if args.check:
+        shape = example.shape[-2:]
         sess = session(load_storage(paths['storage']), threads=None)
-        summary['parity'] = parity(
-            model, sess, test_batches(runner, model, args.check,
-                                      example.shape[-2:], 'outputs'))
+        summary['parity'] = parity(model, sess, test_images(
+            runner, model, args.check, shape, 'outputs'))
         log(f'onnxruntime vs PyTorch on {summary["parity"]["images"]} test '
             f'images: {summary["parity"]}')
-        agree = code_agreement(model, paths['runtime'], test_batches(
-            runner, model, args.check, example.shape[-2:], 'codes'))
+        agree = code_agreement(model, paths['runtime'], test_images(
+            runner, model, args.check, shape, 'codes'))
         summary['codes'] = dict(
             quantizers=len(agree['same_input']),
             same_input_min=float(min(agree['same_input'])),

@@ -4,17 +4,22 @@ A ``.onnx`` file from tools/export.py in place of the checkpoint is run in
 onnxruntime, through the same dataloader, preprocessor and metric.
 """
 import argparse
-import sys
 import json
 import os.path as osp
+import sys
 
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401  registers the GPLQ models and hook
 from gplq_mm.deploy import onnx_test_config
-from gplq_mm.utils import (add_runner_args, check_checkpoint_file,
-                           finish_launch, mmengine_checkpoint_globals,
-                           prepare_launch, runner_config)
+from gplq_mm.utils import (
+    add_runner_args,
+    check_checkpoint_file,
+    finish_launch,
+    mmengine_checkpoint_globals,
+    prepare_launch,
+    runner_config,
+)
 
 
 def parse_args():

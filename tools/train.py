@@ -6,9 +6,14 @@ import sys
 from mmengine.runner import Runner, find_latest_checkpoint
 
 import gplq_mm  # noqa: F401  registers the GPLQ models and hook
-from gplq_mm.utils import (add_runner_args, check_checkpoint_file,
-                           finish_launch, mmengine_checkpoint_globals,
-                           prepare_launch, runner_config)
+from gplq_mm.utils import (
+    add_runner_args,
+    check_checkpoint_file,
+    finish_launch,
+    mmengine_checkpoint_globals,
+    prepare_launch,
+    runner_config,
+)
 
 
 def parse_args():

@@ -10,21 +10,23 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..quant.functional import broadcast_shape, group_rows
+from ..quant.functional import codes, group_rows
 
 __all__ = ['error_sums', 'sqnr_db', 'rel_l2_cosine', 'clip_counts',
            'group_amax', 'range_over_grid']
 
 
 def error_sums(ref: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``[sum ref^2, sum y^2, sum ref * y, sum (y - ref)^2]`` in float64.
+    """``[sum ref^2, sum y^2, sum ref * y, sum (y - ref)^2]`` in float64, on
+    the CPU (they add up over batches whatever device ``ref`` is on).
 
     Examples:
         >>> error_sums(torch.tensor([3., 4.]), torch.tensor([3., 4.5]))
         tensor([25.0000, 29.2500, 27.0000,  0.2500], dtype=torch.float64)
     """
     ref, y = ref.detach().double().flatten(), y.detach().double().flatten()
-    return torch.stack([ref @ ref, y @ y, ref @ y, (y - ref) @ (y - ref)])
+    return torch.stack([ref @ ref, y @ y, ref @ y,
+                        (y - ref) @ (y - ref)]).cpu()
 
 
 def sqnr_db(sums: torch.Tensor) -> float:
@@ -68,8 +70,9 @@ def clip_counts(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
         ...             torch.tensor([0.1]), -8, 7)  # -10 | -5, 2 | 9
         tensor([1., 1., 4.], dtype=torch.float64)
     """
-    v = torch.round(x.detach().float() / step.detach().float().view(
-        broadcast_shape(x.dim(), axis, step.numel())))
+    # codes on a grid one wider at each end: its ends are the clipped ones
+    v = codes(x.detach().float(), step.detach().float(), qmin - 1, qmax + 1,
+              axis)
     return torch.tensor([float((v < qmin).sum()), float((v > qmax).sum()),
                          float(x.numel())], dtype=torch.float64)
 

@@ -12,8 +12,12 @@ import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 
-from ..quant import (composed_paths, iter_quantizers, qwt_blocks,
-                     set_quant_state)
+from ..quant import (
+    composed_paths,
+    iter_quantizers,
+    qwt_blocks,
+    set_quant_state,
+)
 from ..quant.qwt import compensator
 from . import metrics as M
 
@@ -94,28 +98,20 @@ def block_stats(model, batches: List[dict]) -> List[dict]:
     sums = {(n, s): torch.zeros(4, dtype=torch.float64)
             for n, _ in blocks for s in SETTINGS}
     comps = [compensator(b) for _, b in blocks]
-    saved = [c.enabled for c in comps if c is not None]
     t0 = time.time()
-    try:
-        for i, data in enumerate(batches):
-            ref = _block_outputs(model.teacher, [n for n, _ in blocks],
-                                 lambda: model.teacher.extract_feat(
-                                     data['inputs']))
-            for setting in SETTINGS:
-                set_quant_state(model.student, weight=setting != 'W32A4')
-                for c in comps:
-                    if c is not None:
-                        c.enabled = setting == 'W4A4'
+    for i, data in enumerate(batches):
+        ref = _block_outputs(model.teacher, [n for n, _ in blocks],
+                             lambda: model.teacher.extract_feat(
+                                 data['inputs']))
+        for setting in SETTINGS:
+            with set_quant_state(model.student, weight=setting != 'W32A4',
+                                 qwt=setting == 'W4A4'):
                 out = _block_outputs(model.student, [n for n, _ in blocks],
                                      lambda: model.student.extract_feat(
                                          data['inputs']))
-                for n in out:
-                    sums[(n, setting)] += M.error_sums(ref[n], out[n])
-            _progress('blocks', i + 1, len(batches), t0)
-    finally:
-        for c, e in zip([c for c in comps if c is not None], saved):
-            c.enabled = e
-        model.apply_stage()
+            for n in out:
+                sums[(n, setting)] += M.error_sums(ref[n], out[n])
+        _progress('blocks', i + 1, len(batches), t0)
     rows = []
     for (name, block), comp in zip(blocks, comps):
         row = dict(name=name, qwt_active=bool(comp is not None and comp.on))

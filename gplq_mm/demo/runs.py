@@ -10,13 +10,14 @@ import os.path as osp
 import subprocess
 import sys
 import time
-from typing import Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from .data import make_digit_coco, make_digits
 
 __all__ = ['ROOT', 'WORK', 'CLS_FP_CFG', 'CLS_GPLQ_CFG', 'DET_FP_CFG',
-           'DET_GPLQ_CFG', 'METRIC_NAMES', 'run', 'write_results',
-           'cls_fp_model', 'det_fp_model']
+           'DET_GPLQ_CFG', 'METRIC_NAMES', 'TASKS', 'run', 'train',
+           'evaluate', 'bench_dir', 'write_results', 'cls_fp_model',
+           'det_fp_model']
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 WORK = 'work_dirs/demo'
@@ -33,7 +34,7 @@ METRIC_NAMES = {'accuracy/top1': 'top-1', 'coco/bbox_mAP': 'box AP',
                 'coco/segm_mAP': 'mask AP'}
 
 
-def run(step: str, args: list) -> Tuple[float, float]:
+def run(step: str, args: Sequence[str]) -> Tuple[float, float]:
     """Run ``python <args>`` from the repository root in its own process;
     exit on failure; return (wall s, peak RSS MiB)."""
     print(f'\n==> {step}: {" ".join(args)}', flush=True)
@@ -44,6 +45,50 @@ def run(step: str, args: list) -> Tuple[float, float]:
     if code:
         sys.exit(f'demo: step "{step}" failed (exit {code})')
     return time.time() - t, usage.ru_maxrss / 1024
+
+
+def train(work: str, cfg: str, fp_ckpt: str, final: str,
+          options: Sequence[str] = (), step: Optional[str] = None
+          ) -> Optional[Tuple[float, float]]:
+    """``tools/train.py cfg`` into ``work``, from the FP32 checkpoint, with
+    ``--cfg-options``; skipped (None) when ``work/final`` (the run's final
+    checkpoint, :func:`~gplq_mm.models.methods.checkpoint_name`) exists,
+    else its (wall s, peak RSS MiB)."""
+    if osp.isfile(osp.join(work, final)):
+        return None
+    return run(step or f'train {work}', [
+        'tools/train.py', cfg, '--work-dir', work, '--cfg-options',
+        f'model.checkpoint={fp_ckpt}', *options])
+
+
+def evaluate(out: str, name: str, cfg: str, ckpt: str,
+             options: Sequence[str] = (),
+             metrics: Optional[Sequence[str]] = None,
+             reuse: bool = False) -> Dict[str, float]:
+    """``tools/test.py cfg ckpt`` with ``--cfg-options``, its metrics
+    written to ``out/eval_<name>.json`` (reused when ``reuse`` and
+    present); returns them (``metrics`` only, when given), with the wall
+    time and peak RSS of the process as ``test_s`` / ``test_peak_rss_mb``
+    when it ran."""
+    path = f'{out}/eval_{name}.json'
+    cost = {}
+    if not (reuse and osp.isfile(path)):
+        wall, rss = run(f'test {name}', [
+            'tools/test.py', cfg, ckpt, '--out', path, '--work-dir',
+            f'{out}/test_{name}'] + (
+                ['--cfg-options', *options] if options else []))
+        cost = dict(test_s=wall, test_peak_rss_mb=rss)
+    with open(path) as f:
+        m = json.load(f)
+    return {**{k: m[k] for k in (metrics or m)}, **cost}
+
+
+def bench_dir(task: str, method: str, bits: int,
+              out: Optional[str] = None) -> str:
+    """The work dir of ``tools/benchmark.py``'s run of ``method`` at
+    W``bits``A``bits`` (under ``out``, default ``work_dirs/bench/<task>``),
+    which the ablations reuse."""
+    return f'{out or f"work_dirs/bench/{task}"}/{method}_w{bits}a{bits}'
 
 
 def write_results(out: str, lines: list, rows: list) -> None:
@@ -87,3 +132,14 @@ def det_fp_model(cost: dict) -> str:
                      lambda: make_digit_coco('data/digit_coco'),
                      'train FP32 Mask R-CNN', DET_FP_CFG, f'{WORK}/det_fp',
                      24)
+
+
+# The tasks of the benchmark and the ablations: configs, float model,
+# metrics, and how each metric is printed.
+TASKS = dict(
+    cls=dict(fp_cfg=CLS_FP_CFG, cfg=CLS_GPLQ_CFG, fp_model=cls_fp_model,
+             metrics=('accuracy/top1', ), fmt='{:.2f}', scale=1),
+    det=dict(fp_cfg=DET_FP_CFG, cfg=DET_GPLQ_CFG['full'],
+             fp_model=det_fp_model,
+             metrics=('coco/bbox_mAP', 'coco/segm_mAP'), fmt='{:.1f}',
+             scale=100))

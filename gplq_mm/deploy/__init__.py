@@ -1,13 +1,23 @@
-"""Deployment: ONNX export of GPLQ models (:mod:`.onnx`) and running them
-in onnxruntime (:mod:`.runtime`). onnx / onnxruntime are imported only when
-used."""
-from .onnx import (FORMS, MIN_OPSET, check_exportable, check_opset,
-                   export_onnx, load_storage, to_storage)
-from .runtime import (INTEGER_KERNELS, ONNXClassifier, code_agreement,
-                      kernel_ops, latency, onnx_test_config, parity, session)
+"""Deployment: ONNX export of GPLQ models (:mod:`.export`), their storage
+form (:mod:`.storage`), onnxruntime sessions (:mod:`.session`), evaluation
+through the config's metric (:mod:`.evaluate`) and parity with PyTorch
+(:mod:`.verify`). onnx / onnxruntime are imported only when used."""
+from .evaluate import ONNXClassifier, onnx_test_config
+from .export import (
+                     FORMS,
+                     MIN_OPSET,
+                     check_exportable,
+                     check_opset,
+                     export_forms,
+                     export_onnx,
+                     trace,
+)
+from .session import INTEGER_KERNELS, kernel_ops, latency, run_batched, session
+from .storage import load_storage, to_storage
+from .verify import code_agreement, parity
 
 __all__ = ['FORMS', 'MIN_OPSET', 'check_exportable', 'check_opset',
-           'export_onnx',
-           'load_storage', 'to_storage', 'INTEGER_KERNELS', 'ONNXClassifier',
-           'code_agreement', 'kernel_ops', 'latency', 'onnx_test_config',
-           'parity', 'session']
+           'export_onnx', 'export_forms', 'trace', 'load_storage',
+           'to_storage', 'INTEGER_KERNELS', 'ONNXClassifier',
+           'code_agreement', 'kernel_ops', 'latency', 'run_batched',
+           'onnx_test_config', 'parity', 'session']

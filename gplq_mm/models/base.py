@@ -12,16 +12,25 @@ from mmengine.model import BaseModel
 from mmengine.registry import MODELS
 from mmengine.runner import load_checkpoint
 
-from ..quant import (QuantConfig, calibration, convert, fit_qwt,
-                     fold_act_steps, quantize_weights, qwt_blocks,
-                     set_quant_state)
+from ..quant import (
+    QuantConfig,
+    calibration,
+    convert,
+    fit_qwt,
+    fold_act_steps,
+    quantize_weights,
+    qwt_blocks,
+    set_quant_state,
+)
 from ..quant.hosts import ln_linear_pairs, model_task
-from ..quant.qwt import compensator
 from ..quant.repq import reparameterize
-from ..utils.checkpoint import (check_checkpoint_file,
-                                mmengine_checkpoint_globals)
+from ..utils.checkpoint import (
+    check_checkpoint_file,
+    mmengine_checkpoint_globals,
+)
 from .compile import CompiledRegions
-from .methods import get_method
+from .methods import checkpoint_name, get_method
+from .signature import signature
 
 __all__ = ['GPLQModel']
 
@@ -195,14 +204,13 @@ class GPLQModel(BaseModel):
         self.apply_stage()
 
     def apply_stage(self) -> None:
+        """Switch the student's quantizers and compensators to what the
+        stage runs (:func:`~gplq_mm.quant.set_quant_state`)."""
         stage = self.stage
         weight = stage >= 2 or (stage == 1
                                 and self.recipe.weights_in_stage1)
-        set_quant_state(self.student, weight=weight, act=stage >= 1)
-        for _, block in qwt_blocks(self.student, self.quant_cfg):
-            comp = compensator(block)
-            if comp is not None:
-                comp.enabled = self.use_qwt
+        set_quant_state(self.student, weight=weight, act=stage >= 1,
+                        qwt=self.use_qwt)
 
     @torch.no_grad()
     def first_non_finite(self, data: dict) -> Optional[str]:
@@ -231,29 +239,14 @@ class GPLQModel(BaseModel):
     def signature(self) -> dict:
         """What a GPLQ checkpoint's quantizer state means: the method and
         the quantizer layout (bit widths, granularities, softmax grid).
-        Saved in checkpoints' meta by GPLQHook."""
-        qc = self.quant_cfg
-        return dict(method=self.method, w_bits=qc.w_bits, a_bits=qc.a_bits,
-                    attn_bits=qc.attn_bits or qc.a_bits,
-                    patch_embed_bits=qc.patch_embed_bits,
-                    act_granularity=qc.act_granularity,
-                    attn_granularity=qc.attn_granularity,
-                    softmax_grid=qc.softmax_grid, deployable=qc.deployable)
+        Saved in checkpoints' meta by GPLQHook; checked on load
+        (:func:`~gplq_mm.models.signature.check_checkpoint`)."""
+        return signature(self.method, self.quant_cfg)
 
-    def check_signature(self, saved: dict, source: str) -> None:
-        """Raise when a checkpoint's :meth:`signature` differs from this
-        model's: its steps would be read on another grid."""
-        mine = self.signature()
-        diff = {k: (v, mine.get(k)) for k, v in saved.items()
-                if mine.get(k) != v}
-        if diff:
-            parts = ', '.join(f'{k}={a!r} (this config: {b!r})'
-                              for k, (a, b) in diff.items())
-            raise ValueError(
-                f'{source} was written with {parts}: its quantizer state '
-                'does not fit this config. Use the config the checkpoint was '
-                'made with, or set the same values with --cfg-options (e.g. '
-                'model.method / model.quant_cfg.w_bits).')
+    def checkpoint_name(self) -> str:
+        """The final checkpoint's file name, e.g. ``gplq_w4a4.pth``."""
+        return checkpoint_name(self.method, self.quant_cfg.w_bits,
+                               self.quant_cfg.a_bits)
 
     # -- weights ------------------------------------------------------------
     def init_weights(self) -> None:
@@ -371,10 +364,8 @@ class GPLQModel(BaseModel):
         blocks = qwt_blocks(self.student, self.quant_cfg)
         if qwt and self.recipe.qwt and blocks:
             r2 = fit_qwt(
-                blocks, batches,
+                self.student, blocks, batches,
                 forward=lambda d: self.student.extract_feat(d['inputs']),
-                set_weight_quant=lambda on: set_quant_state(
-                    self.student, weight=on),
                 ridge=ridge, target=qwt_target, logger=logger)
         self.student.train(was_training)
         self.apply_stage()

@@ -2,7 +2,8 @@
 import dataclasses
 from typing import Dict, Tuple
 
-__all__ = ['MethodRecipe', 'METHODS', 'get_method']
+__all__ = ['MethodRecipe', 'METHODS', 'get_method', 'checkpoint_name',
+           'stage1_name']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,3 +63,15 @@ def get_method(name: str, owner: str = 'model') -> MethodRecipe:
         raise ValueError(f'{owner}.method={name!r} is not allowed: use one '
                          f'of {sorted(METHODS)}')
     return METHODS[name]
+
+
+def checkpoint_name(method: str, w_bits: int, a_bits: int) -> str:
+    """The final checkpoint a GPLQ run writes to its work dir, e.g.
+    ``gplq_w4a4.pth`` (the one place the name is made)."""
+    return f'{method}_w{w_bits}a{a_bits}.pth'
+
+
+def stage1_name(method: str) -> str:
+    """The Stage-1 (W32A4) checkpoint of a training method, e.g.
+    ``gplq_stage1.pth``."""
+    return f'{method}_stage1.pth'

@@ -49,7 +49,8 @@ class PCAProjector(nn.Module):
         self.register_buffer('mean', torch.zeros(dim))
         self.register_buffer('components', torch.zeros(dim, dim))
         self.register_buffer('explained', torch.zeros(dim))
-        self.register_buffer('num_components', torch.zeros((), dtype=torch.long))
+        self.register_buffer('num_components',
+                             torch.zeros((), dtype=torch.long))
         self.register_buffer('fitted', torch.zeros((), dtype=torch.bool))
         self.reset_stats()
 

@@ -18,8 +18,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 __all__ = [
-    'qrange', 'broadcast_shape', 'fake_quant', 'log2_quant', 'log_sqrt2_quant',
-    'LOG_GRIDS', 'lsq_grad_scale',
+    'qrange', 'broadcast_shape', 'codes', 'fake_quant', 'patchify',
+    'log2_quant', 'log_sqrt2_quant', 'LOG_GRIDS', 'lsq_grad_scale',
     'lsq_backward', 'group_rows', 'minmax_range', 'percentile_range',
     'step_from_range', 'search_weight_step'
 ]
@@ -49,6 +49,8 @@ def broadcast_shape(ndim: int, axis: int, numel: int) -> Tuple[int, ...]:
         (1, 3, 1, 1)
         >>> broadcast_shape(4, 1, 1)    # per-tensor
         (1,)
+        >>> broadcast_shape(3, -1, -1)  # any number of steps along -1
+        (1, 1, -1)
     """
     if numel == 1:
         return (1, )
@@ -57,9 +59,30 @@ def broadcast_shape(ndim: int, axis: int, numel: int) -> Tuple[int, ...]:
     return tuple(shape)
 
 
+def codes(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
+          axis: Optional[int] = None) -> torch.Tensor:
+    """Integer codes ``clamp(round(x / s), qmin, qmax)`` (in ``x``'s dtype).
+
+    ``step`` broadcasts against ``x`` as given, or, with ``axis``, is
+    reshaped to one entry per index of ``axis`` (or one in all).
+
+    Examples:
+        >>> codes(torch.tensor([0.26, -1.0, 0.9]), torch.tensor(0.1), -8, 7)
+        tensor([ 3., -8.,  7.])
+        >>> codes(torch.tensor([[1., 1.], [1., 1.]]),
+        ...       torch.tensor([0.5, 0.25]), -8, 7, axis=0)
+        tensor([[2., 2.],
+                [4., 4.]])
+    """
+    if axis is not None:  # no step.numel(): a traced export asks no size
+        step = step.to(x.dtype).reshape(broadcast_shape(x.dim(), axis, -1))
+    return torch.clamp(torch.round(x / step), qmin, qmax)
+
+
 def fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int,
                qmax: int) -> torch.Tensor:
-    """Uniform fake quantization ``clamp(round(x / s), qmin, qmax) * s``.
+    """Uniform fake quantization ``codes(x, s) * s``
+    (:func:`codes`).
 
     ``step`` must already broadcast against ``x``.
 
@@ -68,7 +91,26 @@ def fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int,
         ...            -8, 7)
         tensor([ 0.3000, -0.8000,  0.7000])
     """
-    return torch.clamp(torch.round(x / step), qmin, qmax) * step
+    return codes(x, step, qmin, qmax) * step
+
+
+def patchify(x: torch.Tensor, kernel: Tuple[int, int]) -> torch.Tensor:
+    """Non-overlapping ``kernel`` patches of ``(B, C, H, W)`` as rows
+    ``(B, patches, C * kh * kw)``, patches row-major, each flattened as a
+    conv weight ``(C, kh, kw)`` is: a patch embedding is then a matmul.
+
+    Examples:
+        >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+        >>> patchify(x, (2, 2))[0]
+        tensor([[ 0.,  1.,  4.,  5.],
+                [ 2.,  3.,  6.,  7.],
+                [ 8.,  9., 12., 13.],
+                [10., 11., 14., 15.]])
+    """
+    (kh, kw), (h, w) = kernel, x.shape[-2:]
+    b, c = x.shape[:2]
+    return x.reshape(b, c, h // kh, kh, w // kw, kw).permute(
+        0, 2, 4, 1, 3, 5).reshape(b, (h // kh) * (w // kw), c * kh * kw)
 
 
 def log2_quant(x: torch.Tensor, step: torch.Tensor,

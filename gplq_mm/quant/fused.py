@@ -10,8 +10,13 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.utils.checkpoint
 
-from .functional import (LOG_GRIDS, broadcast_shape, fake_quant,
-                         lsq_backward, lsq_grad_scale)
+from .functional import (
+    LOG_GRIDS,
+    broadcast_shape,
+    fake_quant,
+    lsq_backward,
+    lsq_grad_scale,
+)
 
 __all__ = ['lsq_fake_quant', 'log_fake_quant', 'lsq_linear', 'lsq_attention']
 

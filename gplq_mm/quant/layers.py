@@ -14,12 +14,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import qdq
 from .fused import lsq_fake_quant, lsq_linear
 from .quantizer import FakeQuantizer
 
 __all__ = ['QuantLinear', 'QuantConv2d', 'QuantQKV', 'act_quantizer',
-           'is_quant_layer', 'iter_quantizers']
+           'is_quant_layer', 'iter_quantizers', 'quantize_qkv']
 
 
 def act_quantizer(cfg: dict, channels: int, axis: int,
@@ -86,10 +85,7 @@ class QuantLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         iq = self.input_quantizer
-        if qdq.exporting() and self.weight_quantizer.enabled:
-            return qdq.linear(self, x)
-        if (iq.fusable and iq.axis in (-1, x.dim() - 1)
-                and not self.weight_quantizer.enabled):
+        if iq.fuses(-1) and not self.weight_quantizer.enabled:
             # Stage 1 (W32A4): the fused path saves one tensor less.
             return lsq_linear(x, iq.step, self.weight, self.bias, iq.qmin,
                               iq.qmax)
@@ -114,7 +110,8 @@ class QuantConv2d(nn.Conv2d):
         self.weight_quantizer = _weight_quantizer(weight_cfg, out_channels,
                                                   qdev)
 
-    def _conv_args(self) -> tuple:
+    def conv_args(self) -> tuple:
+        """The ``nn.Conv2d`` constructor arguments of this layer."""
         return (self.in_channels, self.out_channels, self.kernel_size,
                 self.stride, self.padding, self.dilation, self.groups,
                 self.bias is not None, self.padding_mode)
@@ -122,17 +119,15 @@ class QuantConv2d(nn.Conv2d):
     @classmethod
     def from_float(cls, mod: nn.Conv2d, act_cfg: dict,
                    weight_cfg: dict) -> 'QuantConv2d':
-        new = cls(*QuantConv2d._conv_args(mod), act_cfg, weight_cfg,
+        new = cls(*QuantConv2d.conv_args(mod), act_cfg, weight_cfg,
                   float_cls=type(mod), device='meta')
         return _take_parameters(new, mod).to(mod.weight.device)
 
     def to_float(self) -> nn.Conv2d:
         return _take_parameters(
-            self.float_cls(*self._conv_args(), device='meta'), self)
+            self.float_cls(*self.conv_args(), device='meta'), self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if qdq.exporting() and self.weight_quantizer.enabled:
-            return qdq.conv2d(self, x)
         return self._conv_forward(
             self.input_quantizer(x), self.weight_quantizer(self.weight),
             self.bias)
@@ -186,19 +181,25 @@ class QuantQKV(QuantLinear):
         qs = self.operand_quantizers
         if self.deferred or not any(q.active for q in qs):
             return out
-        if not all(q.fusable and (q.step.numel() == 1 or q.axis == -2)
-                   for q in qs):
-            # (..., 3, heads, head_dim): each quantizer on its third (also
-            # how they observe during calibration, and per token).
-            parts = out.unflatten(-1, (3, self.num_heads, -1)).unbind(-3)
-            return torch.stack([q(p) for q, p in zip(qs, parts)],
-                               dim=-3).flatten(-3)
+        if not all(q.fuses(-2) for q in qs):
+            return quantize_qkv(out, self.num_heads, qs)
         # One LSQ call over (..., 3 * groups, rest) with the three steps side
         # by side: the values and gradients of three calls, without a copy.
         step = torch.cat([q.step for q in qs])
         out = out.unflatten(-1, (step.numel(), -1))
         return lsq_fake_quant(out, step, qs[0].qmin, qs[0].qmax,
                               axis=-2).flatten(-2)
+
+
+def quantize_qkv(out: torch.Tensor, num_heads: int,
+                 quantizers) -> torch.Tensor:
+    """A qkv projection's output ``(..., 3 * heads * head_dim)`` with each
+    of the q, k, v ``quantizers`` (modules) called on its third, viewed as
+    ``(..., heads, head_dim)``: how they observe during calibration, run
+    per token, and export."""
+    parts = out.unflatten(-1, (3, num_heads, -1)).unbind(-3)
+    return torch.stack([q(p) for q, p in zip(quantizers, parts)],
+                       dim=-3).flatten(-3)
 
 
 def is_quant_layer(mod: nn.Module) -> bool:

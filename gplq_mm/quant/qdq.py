@@ -1,8 +1,8 @@
 """The quantizers' ONNX form: QuantizeLinear / DequantizeLinear.
 
-While ``torch.onnx.export`` traces a model (``torch.onnx.is_in_onnx_export()``),
-:class:`~gplq_mm.quant.quantizer.FakeQuantizer` and the quantized layers call
-these functions instead of the LSQ ones. In PyTorch they compute exactly
+The export modules (:mod:`gplq_mm.quant.export`, swapped in by
+:func:`~gplq_mm.quant.prepare_export` for the trace) call these functions.
+In PyTorch they compute exactly
 :func:`~gplq_mm.quant.functional.fake_quant`; their ``symbolic`` writes the
 same arithmetic as ONNX operators:
 
@@ -16,19 +16,17 @@ same arithmetic as ONNX operators:
 * a weight: its integer codes (computed here, constant-folded into an int8
   initializer by :func:`gplq_mm.deploy.export_onnx`), dequantized with one
   scale per output channel; how, and which kernel onnxruntime picks, is
-  said at :func:`linear` and :func:`conv2d`.
+  said at :func:`matmul` and :func:`conv2d`.
 """
+from typing import Optional, Tuple
+
 import torch
+import torch.nn as nn
 
-from .functional import broadcast_shape, fake_quant
+from .functional import broadcast_shape, codes, fake_quant, patchify
 
-__all__ = ['quantize_dequantize', 'weight_codes', 'dequantize', 'linear',
-           'conv2d', 'exporting', 'one_step']
-
-
-def exporting() -> bool:
-    """Whether ``torch.onnx.export`` is tracing now."""
-    return torch.onnx.is_in_onnx_export()
+__all__ = ['quantize_dequantize', 'weight_codes', 'dequantize', 'matmul',
+           'conv2d', 'one_step', 'export_step', 'is_patchify']
 
 
 class _QDQ(torch.autograd.Function):
@@ -70,19 +68,24 @@ def one_step(step: torch.Tensor) -> bool:
     return step.numel() == 1 or bool((step == step.reshape(-1)[0]).all())
 
 
-def _squeeze_step(step: torch.Tensor):
-    """``step[0]`` (a scalar) when every entry is equal, else ``step``."""
-    return step.reshape(-1)[0] if one_step(step) else step
+def export_step(step: torch.Tensor) -> torch.Tensor:
+    """A quantizer's step as the export takes it: a scalar when every entry
+    is equal (per tensor), else the 1-D steps. Decided before the trace:
+    nothing traced is asked its size or values."""
+    step = step.detach()
+    return step.reshape(-1)[0].clone() if one_step(step) else step.clone()
 
 
 def quantize_dequantize(x: torch.Tensor, step: torch.Tensor, qmin: int,
                         qmax: int, axis: int, signed: bool) -> torch.Tensor:
-    """``fake_quant`` of ``x`` (steps along ``axis``), exported as
-    QuantizeLinear / DequantizeLinear."""
-    step = _squeeze_step(step.to(x.dtype))
+    """``fake_quant`` of ``x`` with an :func:`export_step` (a scalar, or one
+    step per index of ``axis``), exported as QuantizeLinear /
+    DequantizeLinear."""
+    step = step.to(x.dtype)
+    if step.dim() == 0:
+        return _QDQ.apply(x, step, step, qmin, qmax, axis, signed)
     axis = axis % x.dim()
-    step_b = step if step.dim() == 0 else step.view(
-        broadcast_shape(x.dim(), axis, step.numel()))
+    step_b = step.reshape(broadcast_shape(x.dim(), axis, -1))
     return _QDQ.apply(x, step, step_b, qmin, qmax, axis, signed)
 
 
@@ -101,23 +104,26 @@ class _Dequantize(torch.autograd.Function):
 
 def weight_codes(w: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
                  axis: int) -> torch.Tensor:
-    """int8 codes ``clamp(round(w / s), qmin, qmax)``, steps along ``axis``."""
-    step_b = step.to(w.dtype).view(broadcast_shape(w.dim(), axis,
-                                                   step.numel()))
-    return torch.clamp(torch.round(w / step_b), qmin, qmax).to(torch.int8)
+    """int8 :func:`~gplq_mm.quant.functional.codes` of ``w``, steps along
+    ``axis``."""
+    return codes(w, step, qmin, qmax, axis).to(torch.int8)
 
 
 def dequantize(codes: torch.Tensor, step: torch.Tensor, axis: int,
                op: bool = True) -> torch.Tensor:
     """``codes * step`` (steps along ``axis``), exported as
     DequantizeLinear (``op``) or as Cast and Mul."""
-    step_b = step.view(broadcast_shape(codes.dim(), axis, step.numel()))
+    step_b = step.reshape(broadcast_shape(codes.dim(), axis, -1))
     return _Dequantize.apply(codes, step, step_b, axis, op)
 
 
-def linear(layer, x: torch.Tensor) -> torch.Tensor:
-    """A quantized Linear's forward in the form onnxruntime runs as an
-    integer kernel when its input has one step: ``MatMul(DequantizeLinear(
+def matmul(x: torch.Tensor, input_quantizer: nn.Module, integer: bool,
+           weight: torch.Tensor, w_step: torch.Tensor,
+           w_range: Tuple[int, int],
+           bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x @ fq(weight)^T + bias`` for a ``(out, in)`` weight with one step
+    per output channel, in the form onnxruntime runs as an integer kernel
+    when the input has one step (``integer``): ``MatMul(DequantizeLinear(
     QuantizeLinear(x)), DequantizeLinear(codes^T))``, the weight scales on
     the output axis, and the bias added after with a full-rank shape
     (onnxruntime 1.32 fuses MatMul + a 1-D bias Add into a float Gemm before
@@ -125,17 +131,9 @@ def linear(layer, x: torch.Tensor) -> torch.Tensor:
     steps the weight is dequantized by Cast and Mul: onnxruntime would
     otherwise fuse it into MatMulNBits, which quantizes the float input to
     int8 on its own (other values)."""
-    return _matmul(x, layer.input_quantizer, layer.weight_quantizer,
-                   layer.weight, layer.bias)
-
-
-def _matmul(x, iq, wq, weight, bias):
-    """``x @ fq(weight)^T + bias`` for a ``(out, in)`` weight (see
-    :func:`linear`)."""
-    one = iq.enabled and one_step(iq.step)  # else MatMulNBits, see above
-    codes = weight_codes(weight.t(), wq.step, wq.qmin, wq.qmax, axis=1)
-    y = torch.matmul(iq(x), dequantize(codes, wq.step.to(x.dtype), axis=1,
-                                       op=one))
+    w_codes = weight_codes(weight.t(), w_step, *w_range, axis=1)
+    y = torch.matmul(input_quantizer(x), dequantize(
+        w_codes, w_step.to(x.dtype), axis=1, op=integer))
     if bias is not None:
         y = y + bias.to(y.dtype).view((1, ) * (y.dim() - 1) + (-1, ))
     return y
@@ -146,15 +144,15 @@ class _ConvInteger(torch.autograd.Function):
     ``conv(q(x), codes) * (s_x * s_w) + bias``."""
 
     @staticmethod
-    def forward(ctx, x, step, codes, scale_b, bias_b, qmin, qmax, signed,
+    def forward(ctx, x, step, w_codes, scale_b, bias_b, qmin, qmax, signed,
                 conv_args):
-        xq = torch.clamp(torch.round(x / step), qmin, qmax)
-        y = torch.nn.functional.conv2d(xq, codes.to(x.dtype), None,
+        y = torch.nn.functional.conv2d(codes(x, step, qmin, qmax),
+                                       w_codes.to(x.dtype), None,
                                        *conv_args)
         return y * scale_b + bias_b
 
     @staticmethod
-    def symbolic(g, x, step, codes, scale_b, bias_b, qmin, qmax, signed,
+    def symbolic(g, x, step, w_codes, scale_b, bias_b, qmin, qmax, signed,
                  conv_args):
         stride, padding, dilation, groups = conv_args
         lo, hi = (g.op('Mul', step, g.op('Constant', value_t=torch.tensor(
@@ -162,56 +160,56 @@ class _ConvInteger(torch.autograd.Function):
         zero = g.op('Constant', value_t=torch.zeros(
             (), dtype=torch.int8 if signed else torch.uint8))
         q = g.op('QuantizeLinear', g.op('Clip', x, lo, hi), step, zero)
-        y = g.op('ConvInteger', q, codes, strides_i=list(stride),
+        y = g.op('ConvInteger', q, w_codes, strides_i=list(stride),
                  pads_i=list(padding) * 2, dilations_i=list(dilation),
                  group_i=groups)
         return g.op('Add', g.op('Mul', g.op('Cast', y, to_i=1), scale_b),
                     bias_b)
 
 
-def _is_patchify(conv, x: torch.Tensor) -> bool:
-    """Non-overlapping patches tiling ``x`` (a patch embedding)."""
-    k = tuple(conv.kernel_size)
-    return (k == tuple(conv.stride) and conv.groups == 1
-            and tuple(conv.dilation) == (1, 1)
+def is_patchify(conv: nn.Conv2d) -> bool:
+    """Non-overlapping patches (a patch embedding): kernel = stride, no
+    padding, dilation or groups."""
+    return (tuple(conv.kernel_size) == tuple(conv.stride)
+            and conv.groups == 1 and tuple(conv.dilation) == (1, 1)
             and not isinstance(conv.padding, str)
-            and tuple(conv.padding) == (0, 0)
-            and x.shape[-2] % k[0] == 0 and x.shape[-1] % k[1] == 0)
+            and tuple(conv.padding) == (0, 0))
 
 
-def _patchify(conv, x: torch.Tensor) -> torch.Tensor:
-    """A patch embedding as a quantized matmul over the flattened patches
-    (onnxruntime runs MatMulIntegerToFloat faster than ConvInteger)."""
-    (kh, kw), (h, w) = conv.kernel_size, x.shape[-2:]
-    b, c = x.shape[:2]
-    patches = x.reshape(b, c, h // kh, kh, w // kw, kw).permute(
-        0, 2, 4, 1, 3, 5).reshape(b, (h // kh) * (w // kw), c * kh * kw)
-    y = _matmul(patches, conv.input_quantizer, conv.weight_quantizer,
-                conv.weight.reshape(conv.out_channels, -1), conv.bias)
-    return y.reshape(b, h // kh, w // kw, -1).permute(0, 3, 1, 2)
-
-
-def conv2d(conv, x: torch.Tensor) -> torch.Tensor:
-    """``conv``'s quantized forward. With one input step: a patch embedding
-    as :func:`linear` on the flattened patches; another zero-padded conv as
-    ``QuantizeLinear`` and ``ConvInteger`` on the int8 weight codes, then
+def conv2d(conv: nn.Conv2d, x: torch.Tensor, input_quantizer: nn.Module,
+           input_step: Optional[torch.Tensor], w_step: torch.Tensor,
+           w_range: Tuple[int, int], signed: bool) -> torch.Tensor:
+    """The quantized forward of ``conv`` (its geometry, weight and bias),
+    its input quantized by ``input_quantizer`` with the :func:`export_step`
+    ``input_step`` (None: not quantized). With one input step: a patch
+    embedding as :func:`matmul` on the flattened patches
+    (:func:`~gplq_mm.quant.functional.patchify`; onnxruntime runs
+    MatMulIntegerToFloat faster than ConvInteger); another zero-padded conv
+    as ``QuantizeLinear`` and ``ConvInteger`` on the int8 weight codes, then
     the scales (onnxruntime runs a DequantizeLinear -> Conv with no
     quantized output in float). Else the float ``Conv`` of the dequantized
-    input and codes (Cast and Mul, as :func:`linear`)."""
-    iq, wq = conv.input_quantizer, conv.weight_quantizer
-    if iq.enabled and one_step(iq.step) and _is_patchify(conv, x):
-        return _patchify(conv, x)
-    codes = weight_codes(conv.weight, wq.step, wq.qmin, wq.qmax, axis=0)
-    step = _squeeze_step(iq.step.to(x.dtype))
-    w_step = wq.step.to(x.dtype)
-    if (step.dim() == 0 and iq.enabled and conv.padding_mode == 'zeros'
+    input and codes (Cast and Mul, as :func:`matmul`)."""
+    one = input_step is not None and input_step.dim() == 0
+    if one and is_patchify(conv):
+        (kh, kw), (h, w) = conv.kernel_size, x.shape[-2:]
+        h, w = h // kh, w // kw  # the conv drops a remainder, so do we
+        y = matmul(patchify(x[..., :h * kh, :w * kw], (kh, kw)),
+                   input_quantizer, True,
+                   conv.weight.reshape(conv.out_channels, -1), w_step,
+                   w_range, conv.bias)  # (B, patches, C_out)
+        return y.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
+    w_codes = weight_codes(conv.weight, w_step, *w_range, axis=0)
+    w_step = w_step.to(x.dtype)
+    if (one and conv.padding_mode == 'zeros'
             and not isinstance(conv.padding, str)):
+        step = input_step.to(x.dtype)
         out_shape = (1, -1, 1, 1)
         bias = conv.bias if conv.bias is not None else torch.zeros_like(
             w_step)
+        qmin, qmax = input_quantizer.qmin, input_quantizer.qmax
         return _ConvInteger.apply(
-            x, step, codes, (step * w_step).view(out_shape),
-            bias.to(x.dtype).view(out_shape), iq.qmin, iq.qmax, iq.signed,
+            x, step, w_codes, (step * w_step).view(out_shape),
+            bias.to(x.dtype).view(out_shape), qmin, qmax, signed,
             (conv.stride, conv.padding, conv.dilation, conv.groups))
-    return conv._conv_forward(iq(x), dequantize(codes, w_step, axis=0,
-                                                op=False), conv.bias)
+    return conv._conv_forward(input_quantizer(x), dequantize(
+        w_codes, w_step, axis=0, op=False), conv.bias)

@@ -7,7 +7,6 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from . import functional as QF
-from . import qdq
 from .fused import log_fake_quant, lsq_fake_quant
 
 __all__ = ['FakeQuantizer']
@@ -101,8 +100,14 @@ class FakeQuantizer(nn.Module):
         observing, ``fuse`` allowed): fused functions may take this
         quantizer's step instead of calling it."""
         return (self.enabled and self._ready and not self.observing
-                and self.fuse and self.grid == 'uniform'
-                and not qdq.exporting())
+                and self.fuse and self.grid == 'uniform')
+
+    def fuses(self, axis: int) -> bool:
+        """The one rule of the fused sites: a fused function that takes a
+        step per index of ``axis`` (negative) or one step in all may compute
+        this quantizer, which is :attr:`fusable` and quantizes per tensor
+        or along ``axis``."""
+        return self.fusable and (self.step.numel() == 1 or self.axis == axis)
 
     @property
     def active(self) -> bool:
@@ -124,13 +129,6 @@ class FakeQuantizer(nn.Module):
         if not self.enabled:
             return x
         self.check_ready()
-        if qdq.exporting():
-            if self.grid != 'uniform':
-                raise NotImplementedError(
-                    f'no ONNX export rule for the {self.grid!r} grid of a '
-                    f'FakeQuantizer ({self.extra_repr()})')
-            return qdq.quantize_dequantize(x, self.step, self.qmin, self.qmax,
-                                           self.axis, self.signed)
         if self.grid != 'uniform':
             return log_fake_quant(x, self.step, self.bits, self.axis,
                                   self.grid)

@@ -205,14 +205,16 @@ TARGETS = ('same_input', 'chained')
 
 
 @torch.no_grad()
-def fit_qwt(blocks: List[Tuple[str, nn.Module]],
+def fit_qwt(model: nn.Module,
+            blocks: List[Tuple[str, nn.Module]],
             batches: Iterable,
             forward: Callable,
-            set_weight_quant: Callable[[bool], None],
             ridge: float = 1e-4,
             target: str = 'same_input',
-            logger: Optional[Callable[[str], None]] = None) -> Dict[str, float]:
-    """Fit the compensators of ``blocks`` in order.
+            logger: Optional[Callable[[str], None]] = None
+            ) -> Dict[str, float]:
+    """Fit the compensators of ``blocks`` in order (from scratch: every one
+    is inactive until fitted).
 
     For block ``i`` and every batch, a W4A4 pass (weights quantized, blocks
     ``< i`` compensated) gives the block input ``X`` and output ``Y_q``. The
@@ -230,39 +232,37 @@ def fit_qwt(blocks: List[Tuple[str, nn.Module]],
     (see :class:`QwTStats`). Each forward stops at block ``i``.
 
     Args:
+        model: The module whose quantizers and compensators
+            :class:`~gplq_mm.quant.set_quant_state` switches (the blocks'
+            model); its state is restored on return.
         blocks: ``(name, block)`` in forward order, each with ``block.qwt``.
         batches: Re-iterable calibration inputs.
         forward: Runs the model on one batch.
-        set_weight_quant: Switches weight quantization on / off.
         ridge: Relative ridge term (see :meth:`QwTStats.solve`).
         target: ``'same_input'`` or ``'chained'``.
 
     Returns:
         dict: block name -> held-out R^2 (kept where > 0).
     """
+    from .state import set_quant_state  # state imports this module
     if target not in TARGETS:
         raise ValueError(f'QwT target={target!r}: use one of {TARGETS}')
-    comps = [b.qwt for _, b in blocks]
-    saved = [c.enabled for c in comps]
+    for _, block in blocks:
+        block.qwt.set_active(False)
     r2s = {}
     t0 = time.time()
-    try:
+    with set_quant_state(model, weight=True, qwt=True):
         for i, (name, block) in enumerate(blocks):
             stats = None
             for batch in batches:
                 if target == 'chained':
-                    for c in comps:
-                        c.enabled = False
-                    set_weight_quant(False)
-                    y_ref = _block_io(block, forward, batch)[2]  # W32A4
-                for j, c in enumerate(comps):
-                    c.enabled = j < i
-                set_weight_quant(True)
-                args, kwargs, y_q = _block_io(block, forward, batch)  # W4A4
+                    with set_quant_state(model, weight=False, qwt=False):
+                        y_ref = _block_io(block, forward, batch)[2]  # W32A4
+                # W4A4, the blocks before compensated (the rest unfitted)
+                args, kwargs, y_q = _block_io(block, forward, batch)
                 if target == 'same_input':
-                    set_weight_quant(False)
-                    y_ref = block(*args, **kwargs)  # FP32 weights, same X
-                    set_weight_quant(True)
+                    with set_quant_state(model, weight=False):
+                        y_ref = block(*args, **kwargs)  # FP32 weights, same X
                 x = args[0]
                 if stats is None:
                     stats = QwTStats(x.shape[-1], y_ref.shape[-1],
@@ -285,8 +285,4 @@ def fit_qwt(blocks: List[Tuple[str, nn.Module]],
                 logger(f'QwT [{i + 1}/{len(blocks)}] {name}: R^2={r2:.4f} '
                        f'({"kept" if keep else "dropped"}), {spent:.0f}s, '
                        f'ETA {eta:.0f}s')
-    finally:
-        for c, e in zip(comps, saved):
-            c.enabled = e
-        set_weight_quant(True)
     return r2s

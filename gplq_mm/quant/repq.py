@@ -3,7 +3,8 @@
 Per-channel ranges of a LayerNorm's output become one per-tensor range: with
 ``m`` the per-channel centre and ``h`` the half-range, ``r = h / mean(h)``;
 the LayerNorm's affine absorbs ``(y - m) / r`` and the next Linear the
-inverse (``W' = W diag(r)``, ``b' = b + W m``), so the float function is
+inverse (``W' = W diag(r)``, ``b' = b + W m``;
+:func:`~gplq_mm.quant.ptq.fold_channel_scale`), so the float function is
 unchanged and every channel of the new activation spans ``[-mean(h),
 mean(h)]``: a symmetric per-tensor quantizer then fits it as well as a
 per-channel one fitted the original.
@@ -11,7 +12,10 @@ per-channel one fitted the original.
 from typing import Callable, List, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+
+from .ptq import fold_channel_scale
 
 __all__ = ['reparameterize']
 
@@ -20,8 +24,9 @@ __all__ = ['reparameterize']
 def reparameterize(pairs: List[Tuple[nn.LayerNorm, nn.Linear]],
                    run_calibration: Callable[[], None]) -> int:
     """Measure each LayerNorm's per-channel output range while
-    ``run_calibration`` runs the (float) model, then reparameterize.
-    Returns the number of pairs changed."""
+    ``run_calibration`` runs the (float) model (reduced over ranks when
+    torch.distributed is initialized, so every rank folds the same
+    ranges), then reparameterize. Returns the number of pairs changed."""
     stats, handles = {}, []
     for ln, _ in pairs:
 
@@ -39,21 +44,17 @@ def reparameterize(pairs: List[Tuple[nn.LayerNorm, nn.Linear]],
     finally:
         for h in handles:
             h.remove()
+    if dist.is_available() and dist.is_initialized():
+        for ln, _ in pairs:  # every rank saw every LayerNorm
+            lo, hi = stats[ln]
+            dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+            dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     n = 0
     for ln, lin in pairs:
         if ln not in stats or ln.weight is None:
             continue
         lo, hi = stats[ln]
-        m = (hi + lo) / 2
         h = ((hi - lo) / 2).clamp(min=1e-6)
-        r = h / h.mean()
-        if lin.bias is None:
-            lin.bias = nn.Parameter(torch.zeros_like(lin.weight[:, 0]))
-        lin.bias.add_(lin.weight.float() @ m)
-        lin.weight.mul_(r[None, :].to(lin.weight.dtype))
-        ln.weight.div_(r.to(ln.weight.dtype))
-        if ln.bias is None:
-            ln.bias = nn.Parameter(torch.zeros_like(ln.weight))
-        ln.bias.sub_(m.to(ln.bias.dtype)).div_(r.to(ln.bias.dtype))
+        fold_channel_scale(ln, lin, h / h.mean(), shift=(hi + lo) / 2)
         n += 1
     return n

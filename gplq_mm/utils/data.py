@@ -1,7 +1,8 @@
-"""Taking a fixed number of images from a data loader."""
+"""Taking a fixed number of images from a data loader, with progress."""
+import time
 from typing import Callable, Iterable, Iterator
 
-__all__ = ['take_images']
+__all__ = ['take_images', 'with_progress']
 
 
 def take_images(loader: Iterable[dict], preprocess: Callable[[dict], dict],
@@ -20,3 +21,22 @@ def take_images(loader: Iterable[dict], preprocess: Callable[[dict], dict],
             yield data
             if seen >= n:
                 return
+
+
+def with_progress(batches: Iterable[dict], n: int, what: str,
+                  log: Callable[[str], None], every_s: float = 10.0,
+                  where: str = '') -> Iterator[dict]:
+    """``batches`` (dicts with ``inputs``) passed through; every
+    ``every_s`` seconds and after the ``n``-th image, ``log`` gets
+    ``'<what>: <seen>/<n> images<where>, <rate> images/s, ETA <s>s'``. The
+    consumer's work on each batch is timed too."""
+    seen, t0, last = 0, time.time(), time.time()
+    for data in batches:
+        yield data
+        seen += len(data['inputs'])
+        now = time.time()
+        if seen >= n or now - last >= every_s:
+            last = now
+            rate = seen / max(now - t0, 1e-9)
+            log(f'{what}: {seen}/{n} images{where}, {rate:.1f} images/s, '
+                f'ETA {max(n - seen, 0) / rate:.0f}s')

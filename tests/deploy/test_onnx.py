@@ -7,11 +7,19 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from mmengine.registry import DefaultScope, MODELS
+from mmengine.registry import MODELS, DefaultScope
 
 import gplq_mm  # noqa: F401
-from gplq_mm.deploy import (INTEGER_KERNELS, code_agreement, export_onnx,
-                            kernel_ops, load_storage, session, to_storage)
+from gplq_mm.deploy import (
+    INTEGER_KERNELS,
+    code_agreement,
+    export_onnx,
+    kernel_ops,
+    load_storage,
+    session,
+    to_storage,
+    trace,
+)
 from gplq_mm.quant.layers import is_quant_layer
 
 _VIT = dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2,
@@ -175,8 +183,13 @@ def test_opset_below_21_is_refused(tmp_path):
 def test_a_padded_conv_runs_conv_integer(tmp_path):
     """A Conv2d that is not a patch embedding: QuantizeLinear and
     ConvInteger on the codes, the values of the PyTorch layer."""
-    from gplq_mm.quant import QuantConfig, calibration, convert
-    from gplq_mm.quant import quantize_weights, set_quant_state
+    from gplq_mm.quant import (
+        QuantConfig,
+        calibration,
+        convert,
+        quantize_weights,
+        set_quant_state,
+    )
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1),
                               torch.nn.ReLU())
@@ -189,8 +202,8 @@ def test_a_padded_conv_runs_conv_integer(tmp_path):
     path = str(tmp_path / 'conv.onnx')
     with torch.no_grad():
         ref = net(x).numpy()
-        torch.onnx.export(net, (x, ), path, dynamo=False, opset_version=21,
-                          input_names=['input'])
+    assert trace(net, x, path)  # a dynamic batch
+    assert type(net[0]).__name__ == 'QuantConv2d'  # restored after it
     got = session(path).run(None, {'input': x.numpy()})[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     assert kernel_ops(path, x.numpy()).get('ConvInteger') == 1

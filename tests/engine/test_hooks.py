@@ -122,7 +122,7 @@ cfg.launcher = {launcher!r}
 prepare_launch(cfg)
 runner = Runner.from_cfg(cfg)
 runner.train()
-model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+model = getattr(runner.model, 'module', runner.model)
 state = {{k: v.double().sum().item() for k, v in model.state_dict().items()}}
 states = all_gather_object(state)
 if get_rank() == 0:
@@ -245,7 +245,8 @@ def test_non_finite_loss_names_iteration_and_layer(digits_root, fp_checkpoint,
 
 def test_empty_training_set_is_refused():
     from types import SimpleNamespace
-    from gplq_mm.engine import GPLQHook
+
+    from gplq_mm.engine.steps import check_image_count
     runner = SimpleNamespace(train_dataloader=SimpleNamespace(dataset=[]))
     with pytest.raises(ValueError, match='the training set is empty'):
-        GPLQHook()._check_size(runner, 'calib_images', 1)
+        check_image_count(runner, 'calib_images', 1)

@@ -73,8 +73,8 @@ def _failing_forward(gm, example_inputs):
 
 
 def _failing_backward():
-    from torch._dynamo.backends.common import aot_autograd
     from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
 
     def bw(gm, example_inputs):
         def run(*args):
@@ -112,6 +112,7 @@ def test_compiled_detector_trains_through_the_runner(
     backbones compiled (input sizes vary: recompiles, no failure), then
     Stage 2 and validation run as usual."""
     from mmengine.runner import Runner
+
     from tests.helpers import gplq_det_cfg
     torch._dynamo.reset()
     cfg = gplq_det_cfg(digit_coco_root, str(tmp_path), det_fp_checkpoint)

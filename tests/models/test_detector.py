@@ -37,8 +37,9 @@ def test_full_scope_quantizes_the_whole_detector(digit_coco_root):
     names = _quantized_names(model)
     for prefix in ('backbone.', 'neck.lateral_convs', 'neck.fpn_convs',
                    'rpn_head.rpn_conv', 'rpn_head.rpn_cls',
-                   'roi_head.bbox_head.shared_fcs', 'roi_head.bbox_head.fc_cls',
-                   'roi_head.mask_head.convs', 'roi_head.mask_head.conv_logits'):
+                   'roi_head.bbox_head.shared_fcs',
+                   'roi_head.bbox_head.fc_cls', 'roi_head.mask_head.convs',
+                   'roi_head.mask_head.conv_logits'):
         assert any(n.startswith(prefix) for n in names), prefix
     # Every Conv2d / Linear is quantized; the mask head's transposed conv is
     # not a Conv2d and stays float.

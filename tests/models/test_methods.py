@@ -7,8 +7,8 @@ from mmengine.registry import MODELS, DefaultScope
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401
-from gplq_mm.quant import iter_quantizers
 from gplq_mm.models.methods import METHODS, MethodRecipe
+from gplq_mm.quant import iter_quantizers
 from gplq_mm.quant.functional import qrange
 from tests.helpers import ARCH, gplq_cfg
 

@@ -3,12 +3,22 @@ import copy
 import pytest
 import torch
 
-from gplq_mm.quant import (calibration, convert, iter_quantizers,
-                           set_quant_state)
-from gplq_mm.quant import fused
+from gplq_mm.quant import (
+    calibration,
+    convert,
+    fused,
+    iter_quantizers,
+    set_quant_state,
+)
 from gplq_mm.quant.attention import QuantSDPA, QuantSeam
-from tests.backbones import (BACKBONES, build, flat, inputs, quant_cfg,
-                             quantized)
+from tests.backbones import (
+    BACKBONES,
+    build,
+    flat,
+    inputs,
+    quant_cfg,
+    quantized,
+)
 
 NAMES = sorted(BACKBONES)
 
@@ -26,18 +36,47 @@ def test_explicit_attention_path_matches_host(name):
     assert torch.allclose(out, flat(model(x)), atol=1e-5, rtol=1e-4)
 
 
-def test_convert_switches_timm_fused_path_off_and_revert_restores():
+def test_timm_fused_path_off_only_while_quantizing_and_revert_restores():
+    """timm's fused SDPA path skips the softmax seam: the converted
+    attention takes the explicit path while its quantizer is active and
+    the host's own choice otherwise; revert removes the hook and leaves
+    the host's flag."""
     from gplq_mm.quant import revert
     model, blocks = build('timm_vit')
     attn = model.blocks[0].attn
     attn.fused_attn = True
     convert(model, quant_cfg(blocks))
-    assert attn.fused_attn is False
     assert isinstance(attn.attn_drop, QuantSeam)
     assert attn.attn_drop.host_flags == {'fused_attn': True}
+    x = inputs()
+    model(x)  # quantizers off: the host's fused path
+    assert attn.fused_attn is True
+    with calibration(model):  # observing: the explicit path
+        model(x)
+        assert attn.fused_attn is False
+    model(x)
+    assert attn.fused_attn is True
     revert(model)
     assert attn.fused_attn is True
     assert type(attn.attn_drop) is torch.nn.Dropout
+    assert not attn._forward_pre_hooks
+
+
+def test_full_size_timm_vit_with_quantizers_off_is_the_host_exactly():
+    """At full size (vit_small_patch16_224, random weights, the fused SDPA
+    path as timm builds it), a converted model with its quantizers off
+    computes exactly what the host computes: bit for bit."""
+    import timm
+    torch.manual_seed(0)
+    host = timm.create_model('vit_small_patch16_224', pretrained=False)
+    host.eval()
+    assert host.blocks[0].attn.fused_attn
+    q = convert(copy.deepcopy(host), dict(include=['blocks',
+                                                   'patch_embed']))
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(
+        1))
+    with torch.no_grad():
+        assert torch.equal(q(x), host(x))
 
 
 def test_qk_norm_is_refused():

@@ -2,11 +2,23 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gplq_mm.quant import (QuantConfig, QuantLinear, convert, iter_quantizers,
-                           revert, set_quant_state)
+from gplq_mm.quant import (
+    QuantConfig,
+    QuantLinear,
+    convert,
+    iter_quantizers,
+    revert,
+    set_quant_state,
+)
 from gplq_mm.quant.layers import QuantConv2d, QuantQKV
-from tests.backbones import (BACKBONES, build, flat, inputs, quant_cfg,
-                             quantized)
+from tests.backbones import (
+    BACKBONES,
+    build,
+    flat,
+    inputs,
+    quant_cfg,
+    quantized,
+)
 
 NAMES = sorted(BACKBONES)
 

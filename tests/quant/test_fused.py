@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from gplq_mm.quant import fused as QF
-from gplq_mm.quant.functional import (broadcast_shape, lsq_grad_scale,
-                                     qrange)
+from gplq_mm.quant.functional import broadcast_shape, lsq_grad_scale, qrange
 
 # The fused functions are plain PyTorch: on a GPU the same tests check them
 # there against the composed ops.

@@ -33,8 +33,11 @@ def test_each_host_entry_finds_blocks_pairs_and_attention(name):
 
 
 def test_head_feature_widths():
-    from mmpretrain.models.heads import (DeiTClsHead, LinearClsHead,
-                                         VisionTransformerClsHead)
+    from mmpretrain.models.heads import (
+        DeiTClsHead,
+        LinearClsHead,
+        VisionTransformerClsHead,
+    )
     assert hosts.head_feature_dim(LinearClsHead(10, 24)) == 24
     assert hosts.head_feature_dim(
         VisionTransformerClsHead(10, 24, hidden_dim=12)) == 12
@@ -91,8 +94,34 @@ def test_adding_a_host_is_one_entry(monkeypatch):
 
 def test_whole_models_name_their_task():
     from mmpretrain.models import ImageClassifier
+
     from tests.helpers import ARCH
     arch = dict(ARCH)
     arch.pop('type')
     assert hosts.model_task(ImageClassifier(**arch)) == 'classifier'
     assert hosts.model_task(nn.Linear(2, 2)) is None
+
+
+def test_every_registry_key_is_an_importable_host_class():
+    """Each class a host entry names (``'<module>.<qualname>'``) imports
+    and is that class: an upstream rename or move fails here, loudly,
+    instead of silently leaving the class unquantized."""
+    import importlib
+
+    from gplq_mm.quant.hosts import FPN, HOSTS, KINDS, class_key
+    keys = {k for spec in HOSTS for kind in KINDS
+            for k in getattr(spec, kind)}
+    keys.add(FPN)  # named by the Swin -> FPN fold
+    assert len(keys) > 20
+    for key in sorted(keys):
+        parts = key.split('.')
+        for i in range(len(parts) - 1, 0, -1):  # longest importable module
+            try:
+                obj = importlib.import_module('.'.join(parts[:i]))
+            except ImportError:
+                continue
+            for attr in parts[i:]:
+                obj = getattr(obj, attr, None)
+            break
+        assert isinstance(obj, type), f'{key} does not resolve to a class'
+        assert class_key(obj) == key, (key, class_key(obj))

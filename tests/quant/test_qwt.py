@@ -43,8 +43,13 @@ def test_unhelpful_compensator_has_negative_held_out_r2():
 def _converted_vit():
     import copy
 
-    from gplq_mm.quant import (calibration, convert, quantize_weights,
-                               qwt_blocks, set_quant_state)
+    from gplq_mm.quant import (
+        calibration,
+        convert,
+        quantize_weights,
+        qwt_blocks,
+        set_quant_state,
+    )
     from tests.backbones import build, inputs
     model, blocks = build('mmpretrain_vit')
     q = convert(copy.deepcopy(model), dict(include=blocks, w_bits=3))
@@ -72,14 +77,15 @@ def test_fit_qwt_reduces_error_and_drops_useless():
     # fits (the paper's 'same_input' target fits each block's own weight
     # error, test_qwt_targets_by_hand)
     before = err()
-    r2 = fit_qwt(blocks, calib, q,
-                 lambda on: set_quant_state(q, weight=on), target='chained')
+    r2 = fit_qwt(q, blocks, calib, q, target='chained')
     assert list(r2) == [n for n, _ in blocks]
     assert all(b.qwt.on for n, b in blocks if r2[n] > 0)
     assert err() < before
     # When weight quantization changes nothing, the target is zero: dropped.
+    # (the switch drives a module without quantizers: q2's weights stay
+    # quantized in both passes)
     q2, blocks2 = _converted_vit()
-    r2 = fit_qwt(blocks2, calib, q2, lambda on: None)
+    r2 = fit_qwt(torch.nn.Module(), blocks2, calib, q2)
     assert all(v <= 0 for v in r2.values())
     assert not any(b.qwt.on for _, b in blocks2)
     assert all(b.qwt.weight.abs().sum() == 0 for _, b in blocks2)
@@ -107,8 +113,7 @@ def test_qwt_targets_by_hand():
     fitted = {}
     for target in ('same_input', 'chained'):
         q, blocks = _converted_vit()
-        fit_qwt(blocks, calib, q, lambda on: set_quant_state(q, weight=on),
-                ridge=1e-4, target=target)
+        fit_qwt(q, blocks, calib, q, ridge=1e-4, target=target)
         first, last = blocks[0][1], blocks[-1][1]
         assert first.qwt.on and last.qwt.on
         stats = QwTStats(last.qwt.weight.shape[1], last.qwt.weight.shape[0])

@@ -1,15 +1,14 @@
 """Size and speed of exported models, side by side with the FP32 export
 (``tools/bench_export.py``, ``make demo-export``; the tests check sizes)."""
-import os.path as osp
-from typing import Callable, Dict, Optional
+from typing import Dict
 
 import numpy as np
 import torch
 
-from .onnx import export_onnx, to_storage
-from .runtime import INTEGER_KERNELS, kernel_ops, latency, session
+from ..deploy.session import INTEGER_KERNELS, kernel_ops, latency, session
+from ..quant.hosts import input_size
 
-__all__ = ['stand_in', 'export_forms', 'speed']
+__all__ = ['stand_in', 'speed']
 
 
 def stand_in(config: str, images: int = 2, seed: int = 0, **quant):
@@ -28,31 +27,13 @@ def stand_in(config: str, images: int = 2, seed: int = 0, **quant):
     torch.manual_seed(seed)
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
         model = MODELS.build(model_cfg)
-    size = model.student.backbone.patch_resolution
-    size = tuple(s * p for s, p in zip(
-        size, model.student.backbone.patch_embed.projection.stride))
+    size = input_size(model.student.backbone)
     g = torch.Generator().manual_seed(seed)
     batch = dict(inputs=torch.randn(images, 3, *size, generator=g))
     model.calibrate([batch])
     model.weight_ptq([batch], qwt=False)
     model.eval()
     return model, size
-
-
-def export_forms(model, out_dir: str, stem: str, inputs: torch.Tensor,
-                 logger: Optional[Callable[[str], None]] = None) -> Dict:
-    """Export the FP32, runtime and storage forms of ``model`` to
-    ``out_dir``; returns their paths and sizes and whether the batch axis
-    is dynamic."""
-    paths = dict(fp32=osp.join(out_dir, f'{stem}_fp32.onnx'),
-                 runtime=osp.join(out_dir, f'{stem}.onnx'),
-                 storage=osp.join(out_dir, f'{stem}_int4.onnx'))
-    export_onnx(model, paths['fp32'], inputs, form='fp32', logger=logger)
-    info = export_onnx(model, paths['runtime'], inputs, logger=logger)
-    to_storage(paths['runtime'], paths['storage'])
-    return dict(paths=paths,
-                bytes={k: osp.getsize(p) for k, p in paths.items()},
-                dynamic_batch=info['dynamic_batch'])
 
 
 def speed(fp32: str, runtime: str, inputs: np.ndarray, threads: int = 2,

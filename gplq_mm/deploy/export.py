@@ -10,14 +10,25 @@ form, and the FP32 baseline, all by the same code.
   deployable mode, ``quant_cfg.deployable=True``); per-channel
   (paper-faithful) inputs and their layers run in float with the same
   values (see :mod:`gplq_mm.quant.qdq`).
-* **storage** (``*_w{b}a{b}_int4.onnx``): the same graph with the weight codes
-  packed as ONNX INT4 (two per byte); :func:`load_storage` turns it into the
-  runtime model. Optionally (``float16``) the unquantized float matrices in
-  FP16 too (lossy).
+* **storage** (``*_w{b}a{b}_int4.onnx``, :mod:`.storage`): the same graph
+  with the weight codes packed as ONNX INT4 (two per byte).
 * **fp32** (``*_fp32.onnx``): the same model with every quantizer and
   compensator off.
+
+The trace runs the model's export form
+(:func:`~gplq_mm.quant.prepare_export`), never a branch of its training
+forwards. The exporter is torch's TorchScript one (``dynamo=False``), which
+torch deprecates. Moving to the dynamo exporter (``torch.export`` then
+ONNX) would take: each ``symbolic`` of :mod:`gplq_mm.quant.qdq` rewritten
+as an ``onnxscript`` function registered for a custom op (the dynamo
+exporter ignores autograd ``symbolic``), the batch axis declared as a
+``torch.export.Dim`` (mmpretrain / mmdet Swin compute ``int(B / ...)``,
+which ``torch.export`` refuses for a symbolic size instead of baking it in,
+so those hosts need a fixed batch or a patch), and :func:`fold_constants`
+checked against its output (it folds to initializers itself). Not done:
+the TorchScript exporter writes opset 21 QDQ that onnxruntime runs
+correctly here, and the tests would catch its removal.
 """
-import contextlib
 import os.path as osp
 import warnings
 from typing import Callable, Dict, List, Optional
@@ -26,19 +37,20 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..quant import iter_quantizers
+from ..quant import iter_quantizers, prepare_export, set_quant_state
 from ..quant.layers import is_quant_layer
 from ..quant.qdq import one_step
 
-__all__ = ['MIN_OPSET', 'export_onnx', 'check_exportable', 'check_opset',
-           'to_storage', 'load_storage', 'FORMS']
+__all__ = ['MIN_OPSET', 'FORMS', 'export_onnx', 'export_forms', 'trace',
+           'check_exportable', 'check_opset', 'fold_constants',
+           'onnx_module']
 
 MIN_OPSET = 21  # INT4 tensors, per-axis QuantizeLinear / DequantizeLinear
 FORMS = ('runtime', 'fp32')
-_FP16 = '.fp16'  # suffix of the FP16 initializers of a float16 storage
 
 
-def _onnx():
+def onnx_module():
+    """``onnx``, or an ImportError that says how to install it."""
     try:
         import onnx
     except ImportError as e:  # pragma: no cover - pinned in requirements
@@ -82,29 +94,14 @@ def check_opset(opset: int) -> None:
                          f'--opset {MIN_OPSET} or higher')
 
 
-@contextlib.contextmanager
-def _float(model: nn.Module, on: bool):
-    """With ``on``: the model as float (stage 0, compensators off), by its
-    own stage switch; restored on exit."""
-    stage, use_qwt = model.stage, model.use_qwt
-    if on:
-        model.use_qwt = False
-        model.set_stage(0)
-    try:
-        yield
-    finally:
-        model.use_qwt = use_qwt
-        model.set_stage(stage)
-
-
-def _fold_constants(proto) -> int:
+def fold_constants(proto) -> int:
     """Replace each node whose inputs are all constant by initializers
     (evaluated with onnx's reference implementation), up to the 8-bit
     codes: the weight codes become int8 initializers, named
     ``<layer scope>/weight_codes``, and what reads them (DequantizeLinear,
     Cast, ConvInteger) stays.
     Returns the number of nodes folded."""
-    onnx = _onnx()
+    onnx = onnx_module()
     from onnx import numpy_helper
     from onnx.reference import ReferenceEvaluator
     g = proto.graph
@@ -156,30 +153,74 @@ def _fold_constants(proto) -> int:
     return n
 
 
-def _trace(graph: nn.Module, inputs: torch.Tensor, path: str,
-           outputs: List[str], opset: int, dynamic: bool) -> bool:
-    """Trace ``graph`` to ``path`` (constants folded, checked). With
-    ``dynamic``, the batch axis is symbolic; returns whether onnxruntime
-    then computes a batch of two images as each image alone (a host that
-    computes ``int(x.shape[0] / ...)`` bakes the traced batch size in, and
-    another batch size would run silently wrong)."""
-    onnx = _onnx()
+# What the TorchScript exporter says on every export, understood: its
+# deprecation (see the module docstring), and that it was written for opsets
+# below 21 (our symbolics write the opset-21 nodes themselves; the checker
+# and the parity tests check the result).
+_EXPORTER_NOTES = (
+    'You are using the legacy TorchScript-based ONNX export',
+    'The feature will be removed. Please remove usage of this function',
+    'Exporting to ONNX opset version')
+
+
+def _sort_warnings(caught, logger) -> None:
+    """The trace's warnings: the exporter's notes dropped; the host code's
+    TracerWarnings (a size of the traced input turned into a constant)
+    summarized in one log line by site, since the export is at a fixed
+    image size and the batch axis is checked by running it; anything else
+    warned again as it was."""
+    sites = {}
+    for w in caught:
+        text = str(w.message)
+        if text.startswith(_EXPORTER_NOTES):
+            continue
+        if issubclass(w.category, torch.jit.TracerWarning):
+            where = w.filename.split('site-packages/')[-1]
+            sites.setdefault(f'{where}:{w.lineno}', text.split('.')[0])
+            continue
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if sites and logger:
+        logger(f'trace: the host code turned input sizes into constants at '
+               f'{len(sites)} sites (e.g. {", ".join(list(sites)[:3])}): '
+               'the graph takes this image size; its batch axis is checked')
+
+
+def trace(graph: nn.Module, inputs: torch.Tensor, path: str,
+          outputs: Optional[List[str]] = None, opset: int = MIN_OPSET,
+          dynamic: bool = True,
+          logger: Optional[Callable[[str], None]] = None) -> bool:
+    """Trace ``graph`` (a module taking the image batch; its quantized sites
+    in their export form, :func:`~gplq_mm.quant.prepare_export`) to
+    ``path``, fold its constants down to the integer codes
+    (:func:`fold_constants`) and check it (``onnx.checker``, full check).
+
+    With ``dynamic``, the batch axis is symbolic; returns whether
+    onnxruntime then computes a batch of two images as each image alone (a
+    host that computes ``int(x.shape[0] / ...)`` bakes the traced batch size
+    in, and another batch size would run silently wrong): when it does not,
+    trace again with ``dynamic=False``. The host's TracerWarnings (sizes
+    turned into constants) are summarized to ``logger``, the exporter's
+    notes on opsets and deprecation dropped, any other warning kept."""
+    onnx = onnx_module()
+    outputs = outputs or ['output']
     axes = {n: {0: 'batch'} for n in ['input'] + outputs} if dynamic else None
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # tracer warnings on shapes
+    with torch.no_grad(), prepare_export(graph), warnings.catch_warnings(
+            record=True) as caught:
+        warnings.simplefilter('always')
         torch.onnx.export(graph, (inputs, ), path, dynamo=False,
                           opset_version=opset, input_names=['input'],
                           output_names=outputs, dynamic_axes=axes,
                           do_constant_folding=True)
+    _sort_warnings(caught, logger)
     proto = onnx.load(path)
-    _fold_constants(proto)
+    fold_constants(proto)
     onnx.save(proto, path)
     onnx.checker.check_model(path, full_check=True)
     if not dynamic:
         return False
-    from .runtime import session
+    from .session import session
     sess = session(path)
-    one = inputs[:1]
+    one = inputs[:1].detach().cpu()
     two = torch.cat([one, one.flip(-1)]).numpy()
     try:
         both = sess.run(None, {'input': two})
@@ -225,16 +266,18 @@ def export_onnx(model: nn.Module, path: str, inputs: torch.Tensor,
     graph, name = model.deploy_graph()
     was_training = model.training
     model.eval()
+    fp32 = dict(weight=False, act=False, qwt=False) if form == 'fp32' \
+        else {}
     try:
-        with _float(model, form == 'fp32'):
+        with set_quant_state(model.student, **fp32):
             with torch.no_grad():
                 out = graph(inputs)
             outputs = [name] if isinstance(out, torch.Tensor) else [
                 f'{name}{i}' for i in range(len(out))]
-            dynamic = _trace(graph, inputs, path, outputs, opset,
-                             dynamic=True)
+            dynamic = trace(graph, inputs, path, outputs, opset,
+                            dynamic=True, logger=logger)
             if not dynamic:
-                _trace(graph, inputs, path, outputs, opset, dynamic=False)
+                trace(graph, inputs, path, outputs, opset, dynamic=False)
     finally:
         model.train(was_training)
     if logger:
@@ -252,84 +295,26 @@ def export_onnx(model: nn.Module, path: str, inputs: torch.Tensor,
                 per_channel=per_channel, dynamic_batch=dynamic)
 
 
-def _weight_codes(proto) -> List[str]:
-    """Names of the int8 weight-code initializers whose every reader takes
-    INT4 too (DequantizeLinear, Cast; ConvInteger does not)."""
-    readers = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            readers.setdefault(i, set()).add(n.op_type)
-    return sorted(t.name for t in proto.graph.initializer
-                  if t.data_type == 3 and len(t.dims) > 1
-                  and readers.get(t.name, {''}) <= {'DequantizeLinear', 'Cast'})
-
-
-def to_storage(runtime_path: str, path: str, float16: bool = False) -> Dict:
-    """Write the storage form of a runtime model: the weight-code
-    initializers as INT4, two codes per byte (those of a ConvInteger, which
-    takes 8-bit codes only, and codes outside [-8, 7] stay int8). Lossless:
-    :func:`load_storage` gives back the runtime model.
-
-    With ``float16``, the float matrices (two or more axes longer than 1:
-    classifier heads, QwT compensators, position embeddings; no quantizer
-    reads them) are stored as FP16 too, each cast back to FP32 by a
-    ``Cast`` node, so they come back rounded to FP16: smaller, not lossless.
-    Steps, biases and norms stay FP32.
-
-    Returns ``path``, ``bytes``, ``packed`` (INT4 tensors), ``halved``
-    (FP16 tensors)."""
-    onnx = _onnx()
-    import ml_dtypes  # onnx's own dependency
-    from onnx import numpy_helper
-    proto = onnx.load(runtime_path)
-    g = proto.graph
-    names = set(_weight_codes(proto))
-    packed, casts = 0, []
-    for t in g.initializer:
-        a, name = numpy_helper.to_array(t), t.name
-        if name in names and a.min() >= -8 and a.max() <= 7:
-            t.CopyFrom(numpy_helper.from_array(
-                a.astype(ml_dtypes.int4), name))  # raw, two per byte
-            packed += 1
-        elif float16 and a.dtype == np.float32 and sum(
-                d > 1 for d in a.shape) > 1:  # matrices, not broadcast steps
-            # FP16 initializer + Cast to the FP32 name the graph reads
-            t.CopyFrom(numpy_helper.from_array(a.astype(np.float16),
-                                               name + _FP16))
-            casts.append(onnx.helper.make_node(
-                'Cast', [name + _FP16], [name], to=onnx.TensorProto.FLOAT))
-    nodes = casts + list(g.node)
-    del g.node[:]
-    g.node.extend(nodes)
-    onnx.save(proto, path)
-    onnx.checker.check_model(path, full_check=True)
-    return dict(path=path, bytes=osp.getsize(path), packed=packed,
-                halved=len(casts))
-
-
-def load_storage(path: str):
-    """The runtime model (an ``onnx.ModelProto``) of a storage model: each
-    INT4 initializer unpacked to int8, each FP16 one (``float16``) cast
-    back to FP32 under its runtime name, nothing else changed. Give it to
-    ``onnxruntime.InferenceSession(proto.SerializeToString())``."""
-    onnx = _onnx()
-    from onnx import numpy_helper
-    proto = onnx.load(path)
-    g = proto.graph
-    inits = {t.name: i for i, t in enumerate(g.initializer)}
-    for t in g.initializer:
-        if t.data_type == onnx.TensorProto.INT4:
-            t.CopyFrom(numpy_helper.from_array(
-                numpy_helper.to_array(t).astype(np.int8), t.name))
-    keep = []
-    for n in g.node:
-        if (n.op_type == 'Cast' and n.input[0].endswith(_FP16)
-                and n.input[0] in inits):
-            t = g.initializer[inits[n.input[0]]]
-            t.CopyFrom(numpy_helper.from_array(
-                numpy_helper.to_array(t).astype(np.float32), n.output[0]))
-        else:
-            keep.append(n)
-    del g.node[:]
-    g.node.extend(keep)
-    return proto
+def export_forms(model: nn.Module, out_dir: str, stem: str,
+                 inputs: torch.Tensor, opset: int = MIN_OPSET,
+                 logger: Optional[Callable[[str], None]] = None) -> Dict:
+    """Export the FP32, runtime and storage forms of ``model`` to
+    ``out_dir`` as ``<stem>_fp32.onnx``, ``<stem>.onnx`` and
+    ``<stem>_int4.onnx``; returns their ``paths`` and ``bytes``, and the
+    runtime export's ``outputs``, ``per_channel`` and ``dynamic_batch``."""
+    from .storage import to_storage
+    paths = dict(runtime=osp.join(out_dir, f'{stem}.onnx'),
+                 storage=osp.join(out_dir, f'{stem}_int4.onnx'),
+                 fp32=osp.join(out_dir, f'{stem}_fp32.onnx'))
+    info = export_onnx(model, paths['runtime'], inputs, opset=opset,
+                       logger=logger)
+    export_onnx(model, paths['fp32'], inputs, form='fp32', opset=opset,
+                logger=logger)
+    store = to_storage(paths['runtime'], paths['storage'])
+    if logger:
+        logger(f'storage model (INT4 weights, {store["packed"]} tensors '
+               f'packed): {paths["storage"]}')
+    return dict(paths=paths,
+                bytes={k: osp.getsize(p) for k, p in paths.items()},
+                outputs=info['outputs'], per_channel=info['per_channel'],
+                dynamic_batch=info['dynamic_batch'])

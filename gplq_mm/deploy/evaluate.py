@@ -1,0 +1,89 @@
+"""Evaluating an exported classifier through the config's own dataloader,
+preprocessor and metric (``tools/test.py CONFIG MODEL.onnx``)."""
+from typing import Optional
+
+import torch
+from mmengine.model import BaseModel
+from mmengine.registry import MODELS
+
+from .session import run_batched, session
+
+__all__ = ['ONNXClassifier', 'onnx_test_config']
+
+
+@MODELS.register_module()
+class ONNXClassifier(BaseModel):
+    """An exported classifier (``tools/export.py``) as an mmengine model:
+    the host's data preprocessor runs in PyTorch, the ONNX graph in
+    onnxruntime, and predictions are written as mmpretrain's heads write
+    them (``pred_score`` = softmax of the logits, ``pred_label``), so the
+    config's metric measures it exactly like the PyTorch model.
+
+    Args:
+        onnx_file (str): The ``.onnx`` model (runtime or FP32 form; a storage
+            model is loaded through :func:`~gplq_mm.deploy.load_storage`).
+        data_preprocessor (dict): The host classifier's preprocessor.
+        threads (int, optional): onnxruntime intra-op threads.
+            Defaults to None (all cores).
+    """
+
+    def __init__(self, onnx_file: str, data_preprocessor: dict,
+                 threads: Optional[int] = None, init_cfg=None):
+        data_preprocessor = dict(data_preprocessor)
+        # as mmpretrain's ImageClassifier builds its own
+        data_preprocessor.setdefault('type', 'mmpretrain.ClsDataPreprocessor')
+        super().__init__(data_preprocessor=data_preprocessor,
+                         init_cfg=init_cfg)
+        import onnx
+
+        from .storage import load_storage
+        proto = onnx.load(onnx_file)
+        if any(t.data_type == onnx.TensorProto.INT4
+               for t in proto.graph.initializer):
+            proto = load_storage(onnx_file)
+        self.onnx_file = onnx_file
+        self.session = session(proto, threads)
+
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's output (:func:`run_batched`)."""
+        return torch.from_numpy(run_batched(
+            self.session, inputs.float().cpu().numpy())[0])
+
+    def forward(self, inputs: torch.Tensor, data_samples=None,
+                mode: str = 'predict'):
+        logits = self.logits(inputs)
+        if mode == 'tensor':
+            return logits
+        if mode != 'predict':
+            raise ValueError(f'ONNXClassifier evaluates only (mode='
+                             f"'predict' / 'tensor'), got mode={mode!r}")
+        from mmpretrain.structures import DataSample
+        scores = logits.softmax(dim=1)
+        labels = scores.argmax(dim=1, keepdim=True)
+        if data_samples is None:
+            data_samples = [DataSample() for _ in range(len(scores))]
+        for sample, score, label in zip(data_samples, scores, labels):
+            sample.set_pred_score(score).set_pred_label(label)
+        return data_samples
+
+
+def onnx_test_config(cfg, onnx_file: str):
+    """``cfg`` (a GPLQ classifier config) rewritten to evaluate
+    ``onnx_file`` with :class:`ONNXClassifier`: the same dataloader,
+    preprocessor and metric; the GPLQ hooks and the checkpoint load go."""
+    model = cfg.model
+    if model.get('type') != 'GPLQClassifier':
+        raise ValueError(
+            f'{onnx_file}: tools/test.py evaluates exported classifiers '
+            f'(model.type GPLQClassifier), this config builds '
+            f'{model.get("type")}. A detector export holds the backbone only: '
+            'tools/export.py --check N reports its feature-map parity')
+    pre = (model['architecture'].get('data_preprocessor')
+           or model.get('data_preprocessor') or cfg.get('data_preprocessor')
+           or {})
+    cfg.model = dict(type='ONNXClassifier', onnx_file=onnx_file,
+                     data_preprocessor=dict(pre))
+    cfg.custom_hooks = [h for h in cfg.get('custom_hooks') or []
+                        if not str(h.get('type', '')).startswith('GPLQ')]
+    cfg.load_from = None
+    return cfg
