@@ -47,4 +47,4 @@ def check_torch_version() -> None:
         raise ImportError(
             f'gplq_mm needs torch >= {TORCH_MINIMUM_VERSION}, but torch '
             f'{installed} is installed: pip install '
-            f'"torch>={TORCH_MINIMUM_VERSION}" (README: "Install")')
+            f'"torch>={TORCH_MINIMUM_VERSION}" (docs/install.md)')

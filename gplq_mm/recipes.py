@@ -114,7 +114,7 @@ def classification(base, checkpoint: Optional[str], lr: float = 5e-6,
         stage1_regularization (str): What regularizes the student in
             Stage 1 (the paper says nothing): ``'host'`` keeps what the
             host's config trains with (Mixup / CutMix, label smoothing,
-            drop_path, RandAugment, RandomErasing: README "What Stage 1
+            drop_path, RandAugment, RandomErasing: docs/method.md "What Stage 1
             inherits"); ``'none'`` turns all of them off
             (:func:`without_regularization`), keeping the crop and flip.
         log_interval (int, optional): Iterations between log lines; None

@@ -6,6 +6,27 @@ import torch
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def fresh_mmengine_singletons():
+    """Every test starts with none of mmengine's global instances
+    (MessageHub, Visualizer, MMLogger, DefaultScope) that an earlier test's
+    Runner created: a Runner reuses them by name, so one test's logger,
+    message hub or visualizer would reach the next. mmengine offers no
+    public way to drop them; its own RunnerTestCase.tearDown clears
+    ``_instance_dict`` as here (the one place gplq_mm touches it), and we
+    close the loggers' file handlers first."""
+    yield
+    from mmengine.logging import MessageHub, MMLogger
+    from mmengine.registry import DefaultScope
+    from mmengine.visualization import Visualizer
+    for logger in MMLogger._instance_dict.values():
+        for handler in list(logger.handlers):
+            handler.close()
+            logger.removeHandler(handler)
+    for cls in (MMLogger, Visualizer, DefaultScope, MessageHub):
+        cls._instance_dict.clear()
+
+
 @pytest.fixture(scope='session')
 def digits_root(tmp_path_factory):
     from gplq_mm.demo import make_digits

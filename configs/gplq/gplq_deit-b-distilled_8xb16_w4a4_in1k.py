@@ -11,4 +11,4 @@ from gplq_mm.recipes import classification  # noqa: E402
 globals().update(classification(
     _base_,
     checkpoint='https://download.openmmlab.com/mmclassification/v0/deit/deit-base-distilled_3rdparty_pt-16xb64_in1k_20211216-42891296.pth',
-    lr=5e-6))  # 8 GPUs x 16 images; other GPU counts: README "Configs"
+    lr=5e-6))  # 8 GPUs x 16 images; other GPU counts: configs/gplq/README.md

@@ -11,4 +11,4 @@ from gplq_mm.recipes import classification  # noqa: E402
 globals().update(classification(
     _base_,
     checkpoint='https://download.openmmlab.com/mmclassification/v0/swin-transformer/convert/swin_base_patch4_window7_224_22kto1k-f967f799.pth',
-    lr=5e-6))  # 8 GPUs x 16 images; other GPU counts: README "Configs"
+    lr=5e-6))  # 8 GPUs x 16 images; other GPU counts: configs/gplq/README.md

@@ -12,4 +12,4 @@ from gplq_mm.recipes import classification  # noqa: E402
 globals().update(classification(
     _base_,
     checkpoint='https://download.openmmlab.com/mmclassification/v0/swin-transformer/convert/swin_large_patch4_window7_224_22kto1k-5f0996db.pth',
-    lr=5e-6))  # 8 GPUs x 16 images; other GPU counts: README "Configs"
+    lr=5e-6))  # 8 GPUs x 16 images; other GPU counts: configs/gplq/README.md

@@ -11,4 +11,4 @@ from gplq_mm.recipes import classification  # noqa: E402
 globals().update(classification(
     _base_,
     checkpoint='https://download.openmmlab.com/mmclassification/v0/swin-transformer/swin_small_224_b16x64_300e_imagenet_20210615_110219-7f9d988b.pth',
-    lr=5e-6))  # 8 GPUs x 16 images; other GPU counts: README "Configs"
+    lr=5e-6))  # 8 GPUs x 16 images; other GPU counts: configs/gplq/README.md

@@ -11,4 +11,4 @@ from gplq_mm.recipes import classification  # noqa: E402
 globals().update(classification(
     _base_,
     checkpoint='https://download.openmmlab.com/mmclassification/v0/swin-transformer/swin_tiny_224_b16x64_300e_imagenet_20210616_090925-66df6be6.pth',
-    lr=5e-6))  # 8 GPUs x 16 images; other GPU counts: README "Configs"
+    lr=5e-6))  # 8 GPUs x 16 images; other GPU counts: configs/gplq/README.md

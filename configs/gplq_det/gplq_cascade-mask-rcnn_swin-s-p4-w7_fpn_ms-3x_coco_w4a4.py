@@ -18,4 +18,4 @@ globals().update(detection(
     # Swin authors' ones are in mmdet 2.x key layout): train one with
     # the _base_ config, then --cfg-options model.checkpoint=/path.pth
     checkpoint=None,
-    lr=5e-6))  # 8 GPUs x 1 image; other GPU counts: README "Configs"
+    lr=5e-6))  # 8 GPUs x 1 image; other GPU counts: configs/gplq/README.md

@@ -16,4 +16,4 @@ from gplq_mm.recipes import detection  # noqa: E402
 globals().update(detection(
     _base_,
     checkpoint='https://download.openmmlab.com/mmdetection/v2.0/swin/mask_rcnn_swin-s-p4-w7_fpn_fp16_ms-crop-3x_coco/mask_rcnn_swin-s-p4-w7_fpn_fp16_ms-crop-3x_coco_20210903_104808-b92c91f1.pth',
-    lr=5e-6))  # 8 GPUs x 1 image; other GPU counts: README "Configs"
+    lr=5e-6))  # 8 GPUs x 1 image; other GPU counts: configs/gplq/README.md

@@ -16,4 +16,4 @@ from gplq_mm.recipes import detection  # noqa: E402
 globals().update(detection(
     _base_,
     checkpoint='https://download.openmmlab.com/mmdetection/v2.0/swin/mask_rcnn_swin-t-p4-w7_fpn_1x_coco/mask_rcnn_swin-t-p4-w7_fpn_1x_coco_20210902_120937-9d6b7cfa.pth',
-    lr=5e-6))  # 8 GPUs x 1 image; other GPU counts: README "Configs"
+    lr=5e-6))  # 8 GPUs x 1 image; other GPU counts: configs/gplq/README.md

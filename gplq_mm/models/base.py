@@ -148,7 +148,7 @@ class GPLQModel(BaseModel):
                 dict(inputs=inputs, data_samples=data_samples))
             it = MessageHub.get_current_instance().get_info('iter')
             raise FloatingPointError(
-                f'GPLQ: the Stage-1 loss is {float(total)}'
+                f'GPLQ: the Stage-1 loss is {float(total.detach())}'
                 + ('' if it is None else f' at iteration {it + 1}') + '; '
                 + (f'the first non-finite output is {where}\'s'
                    if where else 'every layer output is finite (the loss '

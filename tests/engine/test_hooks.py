@@ -136,13 +136,6 @@ assert wrapper() is None, 'the model outlived finish_launch'
 '''
 
 
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _launch(tmp_path, name, digits_root, fp_checkpoint, nproc, task='cls',
             batch=16):
     work = str(tmp_path / name)
@@ -155,7 +148,8 @@ def _launch(tmp_path, name, digits_root, fp_checkpoint, nproc, task='cls',
     cmd = [sys.executable, str(script)]
     if nproc > 1:
         cmd = [sys.executable, '-m', 'torch.distributed.run',
-               f'--nproc_per_node={nproc}', f'--master_port={_free_port()}',
+               # --standalone: the rendezvous takes a port the OS picks
+               '--standalone', f'--nproc_per_node={nproc}',
                str(script)]
     env = dict(os.environ, OMP_NUM_THREADS='1')
     proc = subprocess.run(cmd, env=env, cwd=ROOT, timeout=600,
