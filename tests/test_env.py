@@ -2,6 +2,7 @@ import os.path as osp
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +33,7 @@ def test_floor_and_newer_pass(monkeypatch, version):
 
 
 def test_floor_matches_setup_py():
-    setup = open(osp.join(ROOT, 'setup.py')).read()
+    setup = Path(osp.join(ROOT, 'setup.py')).read_text()
     assert re.findall(r"'torch>=([\d.]+)'", setup) == [TORCH_MINIMUM_VERSION]
 
 
@@ -53,6 +54,6 @@ def test_import_fails_before_anything_else_is_imported():
                          capture_output=True, text=True).stdout.splitlines()
     assert out == [
         f'gplq_mm needs torch >= {TORCH_MINIMUM_VERSION}, but torch 2.5.1 is '
-        f'installed: pip install "torch>={TORCH_MINIMUM_VERSION}" (README: '
-        '"Install")',
+        f'installed: pip install "torch>={TORCH_MINIMUM_VERSION}" '
+        '(docs/install.md)',
         "['gplq_mm.env']"]

@@ -36,7 +36,7 @@ if args[:2] == ['-m', 'pip'] and verb == 'download':
         t.add(out + '/mmcv-2.1.0', 'mmcv-2.1.0')
 elif args[:2] == ['-m', 'pip'] and verb == 'wheel':
     out = args[args.index('-w') + 1]
-    call['setup.py'] = open(args[-1] + '/setup.py').read()
+    call['setup.py'] = Path(args[-1] + '/setup.py').read_text()
     os.makedirs(out)
     cuda = os.environ['FORCE_CUDA'] == '1'
     lib = b'libc10_cuda.so' if cuda else b'libc10.so'

@@ -18,7 +18,6 @@ The gplq runs are tools/benchmark.py's (``work_dirs/bench/<task>``), reused
 when present. Writes work_dirs/ablate/<name>/results.{md,json}.
 """
 import argparse
-import json
 import os
 import os.path as osp
 
@@ -34,6 +33,7 @@ from gplq_mm.demo.runs import (
     write_results,
 )
 from gplq_mm.models.methods import checkpoint_name, stage1_name
+from gplq_mm.utils.io import read_json
 
 STAGE1 = stage1_name('gplq')
 
@@ -75,8 +75,8 @@ def qwt_target(out):
                 ('same_input (paper)', f'{base}/{final}', []),
                 ('chained', f'{chained}/{final}', [])):
             tag = f'{task_name}_w{bits}a{bits}_{name.split()[0]}'
-            r2 = json.load(open(osp.join(osp.dirname(ckpt),
-                                         'gplq_stats.json')))['qwt_r2']
+            r2 = read_json(osp.join(osp.dirname(ckpt),
+                                         'gplq_stats.json'))['qwt_r2']
             rows.append(dict(
                 task=task_name, bits=bits, variant=name,
                 kept=None if name == 'no QwT' else

@@ -9,7 +9,6 @@ report.md, report.json and PNG plots to DIR (default: a folder `report`
 beside the checkpoint). See gplq_mm.analysis.
 """
 import argparse
-import json
 import os.path as osp
 
 from mmengine.registry import MODELS, DefaultScope
@@ -23,6 +22,7 @@ from gplq_mm.utils import (
     runner_config,
 )
 from gplq_mm.utils.data import take_images
+from gplq_mm.utils.io import read_json
 
 
 def parse_args():
@@ -69,7 +69,7 @@ def main():
         batches = _batches(cfg, model, args.images)
         stats_path = osp.join(osp.dirname(args.checkpoint),
                               'gplq_stats.json')
-        r2 = json.load(open(stats_path)).get('qwt_r2') if osp.isfile(
+        r2 = read_json(stats_path).get('qwt_r2') if osp.isfile(
             stats_path) else None
         report = collect(model, batches, qwt_r2=r2)
     out = args.out or osp.join(osp.dirname(args.checkpoint), 'report')

@@ -12,7 +12,6 @@ tools/train.py run, for FP32 and every method at each bit width.
 (training is identical), so it shares gplq's cost.
 """
 import argparse
-import json
 import os
 import os.path as osp
 
@@ -26,6 +25,7 @@ from gplq_mm.demo.runs import (
     write_results,
 )
 from gplq_mm.models.methods import checkpoint_name
+from gplq_mm.utils.io import read_json, write_json
 
 METHODS = ('minmax-ptq', 'repq-ptq', 'qat-w4a4', 'gplq-no-qwt', 'gplq',
            'gplq-deploy')
@@ -65,9 +65,9 @@ def main():
             cost = train(work, task['cfg'], fp_ckpt, final, opts + seed,
                          step=f'{method} W{bits}A{bits}')
             if cost is not None:
-                json.dump(dict(wall_s=cost[0], peak_rss_mb=cost[1]),
-                          open(cost_path, 'w'))
-            cost = json.load(open(cost_path))
+                write_json(dict(wall_s=cost[0], peak_rss_mb=cost[1]),
+                           cost_path)
+            cost = read_json(cost_path)
             test_opts = opts + (['model.use_qwt=False']
                                 if method == 'gplq-no-qwt' else [])
             m = evaluate(out, f'{method}_w{bits}a{bits}', task['cfg'],

@@ -28,6 +28,7 @@ from gplq_mm.demo.runs import (
     train,
 )
 from gplq_mm.models.methods import checkpoint_name, stage1_name
+from gplq_mm.utils.io import read_json
 
 
 def main():
@@ -39,7 +40,8 @@ def main():
         shutil.rmtree(WORK, ignore_errors=True)
     cost = {}
     fp_ckpt = cls_fp_model(cost)
-    n_val = sum(1 for _ in open('data/digits/meta/val.txt'))
+    with open('data/digits/meta/val.txt') as f:
+        n_val = sum(1 for _ in f)
     gplq_dir = f'{WORK}/gplq'
     final = f'{gplq_dir}/{checkpoint_name("gplq", 4, 4)}'
     spent = train(gplq_dir, CLS_GPLQ_CFG, fp_ckpt, osp.basename(final),
@@ -60,7 +62,7 @@ def main():
                          test_s=m['test_s'],
                          test_peak_rss_mb=m['test_peak_rss_mb']))
     stats_path = f'{gplq_dir}/gplq_stats.json'
-    stats = json.load(open(stats_path)) if osp.isfile(stats_path) else {}
+    stats = read_json(stats_path) if osp.isfile(stats_path) else {}
     fp = rows[0]['top1']
     print(f'\nGPLQ demo: digits, val set {n_val} images '
           f'(1 image = {100 / n_val:.2f} points)\n')

@@ -30,6 +30,7 @@ from gplq_mm.demo.runs import (
     train,
 )
 from gplq_mm.models.methods import checkpoint_name, stage1_name
+from gplq_mm.utils.io import read_json
 
 FINAL = checkpoint_name('gplq', 4, 4)
 
@@ -46,7 +47,7 @@ def main():
             shutil.rmtree(d, ignore_errors=True)
     cost = {}
     fp_ckpt = det_fp_model(cost)
-    val = json.load(open('data/digit_coco/annotations/instances_val.json'))
+    val = read_json('data/digit_coco/annotations/instances_val.json')
     evals = [('FP32', DET_FP_CFG, fp_ckpt, None)]
     for scope, cfg in DET_GPLQ_CFG.items():
         work = f'{WORK}/det_gplq_{scope}'
@@ -74,7 +75,7 @@ def main():
     for scope in DET_GPLQ_CFG:
         path = f'{WORK}/det_gplq_{scope}/gplq_stats.json'
         if osp.isfile(path):
-            stats[scope] = json.load(open(path))
+            stats[scope] = read_json(path)
     print('\n| step | wall time (s) | peak memory (MiB) |')
     print('|---|---|---|')
     for k, (wall, rss) in cost.items():

@@ -14,7 +14,6 @@ run in onnxruntime, side by side with PyTorch and the FP32 export.
 Finished steps are reused (--force redoes the GPLQ run and the export).
 """
 import argparse
-import json
 import os
 import os.path as osp
 import shutil
@@ -31,6 +30,7 @@ from gplq_mm.demo.runs import (
     write_results,
 )
 from gplq_mm.models.methods import checkpoint_name
+from gplq_mm.utils.io import read_json
 
 CFG = 'configs/demo/gplq_vit-tiny_digits_w4a4_deploy.py'
 
@@ -49,11 +49,12 @@ def main():
     final = checkpoint_name('gplq-deploy', 4, 4)
     ckpt = f'{work}/{final}'
     train(work, CFG, fp_ckpt, final, step='GPLQ W4A4, deployable')
-    n_val = sum(1 for _ in open('data/digits/meta/val.txt'))
+    with open('data/digits/meta/val.txt') as f:
+        n_val = sum(1 for _ in f)
     stem = osp.join(out, osp.splitext(final)[0])
     run('export', ['tools/export.py', CFG, ckpt, '--out-dir', out,
                    '--check', str(n_val)])
-    summary = json.load(open(f'{stem}_export.json'))
+    summary = read_json(f'{stem}_export.json')
     top1 = {}
     for name, model in (('PyTorch W4A4', ckpt), ('ONNX W4A4', f'{stem}.onnx'),
                         ('ONNX W4A4 storage', f'{stem}_int4.onnx'),

@@ -1,5 +1,5 @@
-import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +7,7 @@ import torch
 from gplq_mm.analysis import collect, write_report
 from gplq_mm.quant import functional as QF
 from gplq_mm.quant import iter_quantizers
+from gplq_mm.utils.io import read_json
 from tests.models.test_classifier import _batch, _build, _stage1
 
 PNG = b'\x89PNG\r\n\x1a\n'
@@ -59,7 +60,7 @@ def test_numbers_match_a_hand_computation(w4a4):
 def test_report_files(w4a4, tmp_path):
     report = collect(w4a4, [dict(inputs=torch.randn(4, 3, 16, 16))])
     md = write_report(report, str(tmp_path))
-    text = open(md).read()
+    text = Path(md).read_text()
     pngs = sorted(p.name for p in tmp_path.glob('*.png'))
     assert pngs == ['act_clipping.png', 'act_range.png', 'act_sqnr.png',
                     'blocks.png', 'pca_spectrum.png', 'weight_sqnr.png']
@@ -71,7 +72,7 @@ def test_report_files(w4a4, tmp_path):
         assert img.shape[0] > 200 and img.shape[1] > 400, name
         assert img.std() > 0.01, name  # not a blank canvas
         assert f']({name})' in text
-    stored = json.load(open(tmp_path / 'report.json'))
+    stored = read_json(tmp_path / 'report.json')
     assert len(stored['quantizers']) == len(report['quantizers'])
 
 

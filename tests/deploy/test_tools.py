@@ -1,6 +1,5 @@
 """tools/export.py and tools/test.py on an exported classifier, end to end
 on a GPLQ run in deployable mode."""
-import json
 import os
 import os.path as osp
 import subprocess
@@ -10,6 +9,7 @@ import pytest
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401
+from gplq_mm.utils.io import read_json
 from tests.helpers import gplq_cfg
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -38,7 +38,7 @@ def test_export_then_evaluate_the_onnx_model_like_the_checkpoint(deploy_run):
     proc = _tool('tools/export.py', cfg, ckpt, '--out-dir', out, '--check',
                  '64')
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.load(open(osp.join(out, 'gplq-deploy_w4a4_export.json')))
+    summary = read_json(osp.join(out, 'gplq-deploy_w4a4_export.json'))
     assert summary['parity']['images'] == 64
     assert summary['parity']['agreement'] >= 0.995
     sizes = summary['bytes']
@@ -51,7 +51,7 @@ def test_export_then_evaluate_the_onnx_model_like_the_checkpoint(deploy_run):
         proc = _tool('tools/test.py', cfg, model, '--out', path,
                      '--work-dir', osp.join(out, name))
         assert proc.returncode == 0, proc.stderr[-3000:]
-        metrics[name] = json.load(open(path))['accuracy/top1']
+        metrics[name] = read_json(path)['accuracy/top1']
     # 64 val images: one image is 1.5625 points
     assert abs(metrics['onnx'] - metrics['torch']) <= 1.6
     assert metrics['int4'] == metrics['onnx']

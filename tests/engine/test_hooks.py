@@ -1,8 +1,8 @@
-import json
 import os
 import os.path as osp
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +10,7 @@ from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401
 from gplq_mm.utils import mmengine_checkpoint_globals
+from gplq_mm.utils.io import read_json
 from tests.helpers import gplq_cfg, load_ckpt
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -34,7 +35,7 @@ def test_one_run_gives_w4a4_checkpoint_that_tests(digits_root, fp_checkpoint,
     assert 'train/weight_step_mean' not in hub  # gplq trains no weight step
     steps = hub['train/act_step_mean'].data[0]
     assert len(steps) == runner.iter and steps[0] != steps[-1]
-    stats = json.load(open(tmp_path / 'gplq_stats.json'))
+    stats = read_json(tmp_path / 'gplq_stats.json')
     assert {'calibration_s', 'pca_s', 'stage1_s', 'stage2_s',
             'qwt_r2'} <= set(stats)
     assert stats['pca_dim'] % 32 == 0
@@ -126,7 +127,8 @@ model = getattr(runner.model, 'module', runner.model)
 state = {{k: v.double().sum().item() for k, v in model.state_dict().items()}}
 states = all_gather_object(state)
 if get_rank() == 0:
-    json.dump(states, open({work!r} + '/states.json', 'w'))
+    with open({work!r} + '/states.json', 'w') as f:
+        json.dump(states, f)
 # as tools/train.py ends: the DDP wrapper and the process group go before
 # the interpreter's shutdown
 wrapper = weakref.ref(runner.model)
@@ -159,7 +161,7 @@ def _launch(tmp_path, name, digits_root, fp_checkpoint, nproc, task='cls',
     assert proc.returncode == 0, (
         f'exit {proc.returncode}:\nstdout: {proc.stdout[-3000:]}\n'
         f'stderr: {proc.stderr[-3000:]}')
-    return json.load(open(osp.join(work, 'states.json')))
+    return read_json(osp.join(work, 'states.json'))
 
 
 def test_two_processes_match_one(digits_root, fp_checkpoint, tmp_path):
@@ -203,7 +205,7 @@ def test_long_steps_log_progress(digits_root, fp_checkpoint, tmp_path):
                                ptq_images=32)
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
     Runner.from_cfg(cfg).train()
-    log = open(next(tmp_path.glob('*/*.log'))).read()
+    log = Path(next(tmp_path.glob('*/*.log'))).read_text()
     for line in ('GPLQ calibration: 32/32 images on this process, ',
                  'GPLQ PCA: 32/32 images on this process, ',
                  'GPLQ Stage-2 data: 32/32 images on this process, ',

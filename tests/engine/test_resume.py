@@ -102,9 +102,9 @@ def _train(config, work, *args, kill=None, expect=0):
 def _last_top1(work):
     """The last top-1 the run's visualizer logged (the final W4A4's)."""
     runs = sorted(p for p in os.listdir(work) if osp.isdir(osp.join(work, p)))
-    lines = open(osp.join(work, runs[-1], 'vis_data', 'scalars.json'))
-    return [json.loads(x) for x in lines if 'accuracy/top1' in x][-1][
-        'accuracy/top1']
+    with open(osp.join(work, runs[-1], 'vis_data', 'scalars.json')) as f:
+        return [json.loads(x) for x in f if 'accuracy/top1' in x][-1][
+            'accuracy/top1']
 
 
 def _assert_same_run(a, b):

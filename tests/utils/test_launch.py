@@ -1,6 +1,5 @@
 """``--launcher slurm`` without CUDA, and tools/slurm_train.sh /
 slurm_test.sh."""
-import json
 import os
 import os.path as osp
 import subprocess
@@ -12,6 +11,7 @@ import torch.distributed as dist
 from mmengine.config import Config
 
 from gplq_mm.utils import prepare_launch
+from gplq_mm.utils.io import read_json
 from gplq_mm.utils.launch import _slurm_environ
 from tests.helpers import gplq_cfg
 
@@ -166,7 +166,7 @@ def test_two_slurm_tasks_train_as_one_group(digits_root, fp_checkpoint,
     assert proc.returncode == 0, (
         f'exit {proc.returncode}:\nstdout: {proc.stdout[-3000:]}\n'
         f'stderr: {proc.stderr[-3000:]}')
-    r0, r1 = (json.load(open(work / f'rank{r}.json')) for r in (0, 1))
+    r0, r1 = (read_json(work / f'rank{r}.json') for r in (0, 1))
     for rank, r in enumerate((r0, r1)):
         assert (r['rank'], r['world_size'], r['backend']) == (rank, 2, 'gloo')
         assert r['runner'] == [rank, 2]
