@@ -22,6 +22,7 @@ BASE = 'py311-torch2.14.1'
 
 STUB_PYTHON = r'''#!{python}
 import json, os, sys, tarfile, zipfile
+from pathlib import Path
 args = sys.argv[1:]
 code = sys.stdin.read() if args[:1] == ['-'] else ''
 verb = next((a for a in args[2:] if not a.startswith('-')), None)

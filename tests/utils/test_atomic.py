@@ -48,7 +48,7 @@ def test_tools_say_it_in_one_line(tmp_path, fp_checkpoint):
     root = os.path.dirname(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))))
     bad = tmp_path / 'cut.pth'
-    data = Path(fp_checkpoint, 'rb').read_text()
+    data = Path(fp_checkpoint).read_bytes()
     bad.write_bytes(data[:len(data) // 3])
     proc = subprocess.run(
         [sys.executable, 'tools/test.py',
