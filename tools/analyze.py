@@ -4,7 +4,8 @@
                             [--fp FP32_CHECKPOINT]
 
 Runs the model on N images of the config's validation data beside its float
-teacher (the FP32 checkpoint the config names, or --fp) and writes
+teacher (the FP32 checkpoint the config names, or --fp), measures how far
+the checkpoint's latent weights drifted from the teacher's, and writes
 report.md, report.json and PNG plots to DIR (default: a folder `report`
 beside the checkpoint). See gplq_mm.analysis.
 """
@@ -74,6 +75,10 @@ def main():
         report = collect(model, batches, qwt_r2=r2)
     out = args.out or osp.join(osp.dirname(args.checkpoint), 'report')
     md = write_report(report, out)
+    drift = report['weight_drift']
+    print(f"weight drift from the FP32 checkpoint: MAE {drift['mae_mean']:.4g}"
+          f", MSE {drift['mse_mean']:.4g} (mean over "
+          f"{len(drift['layers'])} layers)")
     print(f'report: {md}')
 
 

@@ -7,9 +7,13 @@ switch (``model.method``) apart, through tools/train.py and tools/test.py.
 
 Writes <out>/results.md and <out>/results.json: accuracy (top-1, or box /
 mask AP), wall time and peak memory (process RSS on CPU) of each method's
-tools/train.py run, for FP32 and every method at each bit width.
+tools/train.py run, for FP32 and every method at each bit width, and the
+basin measurements (paper Tables 5 and 7): "internal FP32", the final
+checkpoint's latent weights with every quantizer off
+(model.internal_fp32=True), and "drift MAE", the mean per-layer MAE of the
+weights from the FP32 checkpoint after Stage 1 (the run's gplq_stats.json).
 'gplq-no-qwt' is the gplq run evaluated with its QwT compensators off
-(training is identical), so it shares gplq's cost.
+(training is identical), so it shares gplq's cost and basin numbers.
 """
 import argparse
 import os
@@ -49,8 +53,11 @@ def main():
     os.makedirs(out, exist_ok=True)
     fp_ckpt = task['fp_model']({})
     metrics = task['metrics']
-    rows = [dict(method='FP32', bits=32, **evaluate(
-        out, 'fp32', task['fp_cfg'], fp_ckpt, metrics=metrics))]
+    fp = evaluate(out, 'fp32', task['fp_cfg'], fp_ckpt, metrics=metrics)
+    # the FP32 model is its own internal FP32, and drifts by nothing
+    rows = [dict(method='FP32', bits=32, **fp, drift_mae=0.0,
+                 internal_fp32={k: fp[k] for k in metrics})]
+    internal = {}  # (training method, bits) -> internal FP32 metrics
     for bits in args.bits:
         for method in args.methods:
             train_method = 'gplq' if method == 'gplq-no-qwt' else method
@@ -72,20 +79,37 @@ def main():
                                 if method == 'gplq-no-qwt' else [])
             m = evaluate(out, f'{method}_w{bits}a{bits}', task['cfg'],
                          osp.join(work, final), test_opts, metrics)
+            if (train_method, bits) not in internal:
+                fp32 = evaluate(
+                    out, f'{train_method}_w{bits}a{bits}_internal_fp32',
+                    task['cfg'], osp.join(work, final),
+                    opts + ['model.internal_fp32=True'], metrics)
+                internal[(train_method, bits)] = {k: fp32[k]
+                                                  for k in metrics}
+            stats_path = f'{work}/gplq_stats.json'
+            drift = read_json(stats_path).get('weight_drift', {}) \
+                if osp.isfile(stats_path) else {}
             rows.append(dict(method=method, bits=bits, train_s=cost['wall_s'],
                              train_peak_rss_mb=cost['peak_rss_mb'],
-                             **{k: m[k] for k in metrics}))
+                             **{k: m[k] for k in metrics},
+                             internal_fp32=internal[(train_method, bits)],
+                             drift_mae=drift.get('mae_mean')))
             print(f'==> {method} W{bits}A{bits}: {m}', flush=True)
     lines = ['| method | bits | ' + ' | '.join(
-        METRIC_NAMES[m] for m in metrics) +
-        ' | train+PTQ wall (s) | peak RSS (MiB) |',
-        '|---|---|' + '---|' * len(metrics) + '---|---|']
+        METRIC_NAMES[m] for m in metrics) + ' | ' + ' | '.join(
+        f'internal FP32 {METRIC_NAMES[m]}' for m in metrics) +
+        ' | drift MAE | train+PTQ wall (s) | peak RSS (MiB) |',
+        '|---|---|' + '---|' * (2 * len(metrics)) + '---|---|---|']
     for r in rows:
         vals = ' | '.join(f'{task["scale"] * r[m]:.1f}' for m in metrics)
+        ivals = ' | '.join(f'{task["scale"] * r["internal_fp32"][m]:.1f}'
+                           for m in metrics)
+        drift = '-' if r['drift_mae'] is None else f"{r['drift_mae']:.3g}"
         wall = f"{r['train_s']:.0f}" if 'train_s' in r else '-'
         mem = f"{r['train_peak_rss_mb']:.0f}" if 'train_s' in r else '-'
         bits = 'FP32' if r['bits'] == 32 else f"W{r['bits']}A{r['bits']}"
-        lines.append(f"| {r['method']} | {bits} | {vals} | {wall} | {mem} |")
+        lines.append(f"| {r['method']} | {bits} | {vals} | {ivals} | "
+                     f"{drift} | {wall} | {mem} |")
     write_results(out, lines, rows)
 
 

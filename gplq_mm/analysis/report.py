@@ -1,6 +1,7 @@
 """Where the bits go: per-quantizer and per-block statistics of a GPLQ model
-against its float teacher, written as ``report.json``, PNG plots and a
-``report.md`` that shows them in order."""
+against its float teacher, and how far its weights drifted from the
+teacher's, written as ``report.json``, PNG plots and a ``report.md`` that
+shows them in order."""
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from ..quant import (
 )
 from ..quant.qwt import compensator
 from . import metrics as M
+from .drift import weight_drift
 
 __all__ = ['collect', 'write_report']
 
@@ -139,8 +141,10 @@ def _block_outputs(model: nn.Module, names: List[str],
 def collect(model, batches: List[dict],
             qwt_r2: Optional[Dict[str, float]] = None) -> dict:
     """Every number of the report for ``model`` (a GPLQ model at Stage 1 or
-    2, its teacher loaded) on ``batches``; ``qwt_r2``: the fit's held-out
-    R^2 per block (``gplq_stats.json``), when known."""
+    2, its teacher holding the FP32 checkpoint) on ``batches``; ``qwt_r2``:
+    the fit's held-out R^2 per block (``gplq_stats.json``), when known.
+    ``weight_drift``: :func:`~gplq_mm.analysis.weight_drift` of the
+    student's latent weights from the teacher's."""
     if model.stage < 1:
         raise ValueError('the report needs a quantized model (Stage 1 or '
                          f'2); this one is at stage {model.stage} (float)')
@@ -149,6 +153,7 @@ def collect(model, batches: List[dict],
     try:
         report = dict(stage=model.stage, method=model.method,
                       quantizers=quantizer_stats(model, batches))
+        report['weight_drift'] = weight_drift(model.student, model.teacher)
         if model.stage >= 2:
             report['blocks'] = block_stats(model, batches)
             for row in report['blocks']:
@@ -166,7 +171,7 @@ def collect(model, batches: List[dict],
 def write_report(report: dict, out_dir: str) -> str:
     """Write ``report.json``, the plots and ``report.md`` to ``out_dir``;
     return the path of ``report.md``."""
-    from .plots import plot_blocks, plot_pca, plot_quantizers
+    from .plots import plot_blocks, plot_drift, plot_pca, plot_quantizers
     os.makedirs(out_dir, exist_ok=True)
     with open(osp.join(out_dir, 'report.json'), 'w') as f:
         json.dump(report, f, indent=2, default=_json_number)
@@ -175,6 +180,8 @@ def write_report(report: dict, out_dir: str) -> str:
         figs += plot_blocks(report['blocks'], out_dir)
     if report.get('pca'):
         figs += plot_pca(report['pca'], out_dir)
+    if report.get('weight_drift'):
+        figs += plot_drift(report['weight_drift'], out_dir)
     md = osp.join(out_dir, 'report.md')
     with open(md, 'w') as f:
         f.write(_markdown(report, figs))

@@ -5,6 +5,7 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from ..analysis import weight_drift
 from ..models.methods import stage1_name
 from ..models.signature import check_checkpoint
 from ..quant import iter_quantizers
@@ -24,16 +25,19 @@ class GPLQHook(Hook):
       already holds): calibrate the activation quantizers on
       ``calib_images`` training images (Stage 1 starts), and fit the PCA of
       the teacher's penultimate features on ``pca_images`` images.
-    * ``after_train``: save the Stage-1 model (``<method>_stage1.pth``),
-      run Stage 2 (weight PTQ + QwT on ``ptq_images`` training images),
-      save ``<work_dir>/<final_name>``, and evaluate it when a validation
-      loop is configured.
+    * ``after_train``: measure how far the latent weights moved from the
+      FP32 checkpoint (:func:`~gplq_mm.analysis.weight_drift`; PTQ methods
+      too), save the Stage-1 model (``<method>_stage1.pth``), run Stage 2
+      (weight PTQ + QwT on ``ptq_images`` training images), save
+      ``<work_dir>/<final_name>``, and evaluate it when a validation loop
+      is configured.
     * checkpoints record what their quantizer state means, and a checkpoint
       that does not fit the model is refused before it is loaded
       (:mod:`gplq_mm.models.signature`).
 
-    Wall times, peak memory, the PCA dimension and the QwT fits go to
-    ``<work_dir>/gplq_stats.json`` (:class:`~gplq_mm.engine.stats.RunStats`).
+    Wall times, peak memory, the PCA dimension, the weight drift and the
+    QwT fits go to ``<work_dir>/gplq_stats.json``
+    (:class:`~gplq_mm.engine.stats.RunStats`).
 
     All image counts are totals over all processes.
 
@@ -96,6 +100,10 @@ class GPLQHook(Hook):
     # -- the stages ---------------------------------------------------------
     def before_train(self, runner) -> None:
         model = unwrap(runner.model)
+        if model.internal_fp32:
+            raise ValueError('model.internal_fp32=True runs every quantizer '
+                             'off: it evaluates a checkpoint (tools/test.py)'
+                             ', it cannot train one')
         check_image_count(runner, 'calib_images', self.calib_images)
         check_image_count(runner, 'ptq_images', self.ptq_images)
         if model.needs_prepare:
@@ -142,8 +150,15 @@ class GPLQHook(Hook):
 
     def after_train(self, runner) -> None:
         self.stats.stop('stage1', memory=True)
-        self.stats.dump(runner.work_dir)
         model = unwrap(runner.model)
+        if model.stage < 2:  # the latent weights before Stage 2's folding
+            drift = weight_drift(model.student, model.teacher)
+            self.stats['weight_drift'] = drift
+            runner.logger.info(
+                'GPLQ: weight drift from the FP32 checkpoint, mean over '
+                f"{len(drift['layers'])} layers: MAE {drift['mae_mean']:.3g}"
+                f", MSE {drift['mse_mean']:.3g}")
+        self.stats.dump(runner.work_dir)
         if model.trains and model.stage == 1:
             self._save(runner, stage1_name(model.method))
         if not self.weight_ptq:

@@ -63,12 +63,22 @@ class GPLQModel(BaseModel):
             logs one warning and the model runs eagerly from then on. Input
             sizes that change from batch to batch (detection) recompile.
             Defaults to False.
+        internal_fp32 (bool): Run the latent (trained) weights with every
+            quantizer and QwT compensator off, whatever the stage: the
+            paper's "internal FP32" (Table 5), e.g. ``tools/test.py CONFIG
+            CKPT --cfg-options model.internal_fp32=True``. Where a method
+            changed the latent weights without changing the float function
+            (``gplq-deploy``'s folded channel scales, ``repq-ptq``'s
+            reparameterized LayerNorms), these are the weights it evaluates.
+            For evaluation only: :class:`~gplq_mm.engine.GPLQHook` refuses
+            to train with it. Defaults to False.
         data_preprocessor (dict, optional): Given to the host model when its
             config has none. Defaults to None.
         init_cfg (dict, optional): Unused by GPLQ; kept for mmengine.
 
     The persisted buffer ``gplq_stage`` (0 float, 1 W32A4, 2 W4A4) decides
-    which quantizers are on, so a loaded checkpoint runs as it was saved.
+    which quantizers are on, so a loaded checkpoint runs as it was saved
+    (unless ``internal_fp32``).
     """
 
     def __init__(self,
@@ -78,6 +88,7 @@ class GPLQModel(BaseModel):
                  method: str = 'gplq',
                  use_qwt: bool = True,
                  compile_cfg: Union[bool, dict] = False,
+                 internal_fp32: bool = False,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
@@ -106,6 +117,10 @@ class GPLQModel(BaseModel):
         })
         convert(self.student, self.quant_cfg)
         self.use_qwt = use_qwt
+        if not isinstance(internal_fp32, bool):
+            raise ValueError(f'model.internal_fp32={internal_fp32!r}: use '
+                             'True or False')
+        self.internal_fp32 = internal_fp32
         self.set_compile_cfg(compile_cfg)
         self.register_buffer('gplq_stage', torch.zeros((), dtype=torch.long))
         self.register_load_state_dict_post_hook(
@@ -205,7 +220,11 @@ class GPLQModel(BaseModel):
 
     def apply_stage(self) -> None:
         """Switch the student's quantizers and compensators to what the
-        stage runs (:func:`~gplq_mm.quant.set_quant_state`)."""
+        stage runs (:func:`~gplq_mm.quant.set_quant_state`); all off when
+        ``internal_fp32``."""
+        if self.internal_fp32:
+            set_quant_state(self.student, weight=False, act=False, qwt=False)
+            return
         stage = self.stage
         weight = stage >= 2 or (stage == 1
                                 and self.recipe.weights_in_stage1)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gplq_mm.analysis import collect, write_report
+from gplq_mm.analysis import collect, weight_drift, write_report
 from gplq_mm.quant import functional as QF
 from gplq_mm.quant import iter_quantizers
 from gplq_mm.utils.io import read_json
@@ -55,6 +55,12 @@ def test_numbers_match_a_hand_computation(w4a4):
     assert w4a4.stage == 2 and all(q.enabled for _, q in
                                    iter_quantizers(w4a4.student))
     assert report['pca']['kept'] == int(w4a4.pca.num_components)
+    # weight PTQ quantizes on the fly: the latent weights are the FP32 ones
+    drift = report['weight_drift']
+    assert drift == weight_drift(w4a4.student, w4a4.teacher)
+    assert len(drift['layers']) == len(list(iter_quantizers(w4a4.student,
+                                                            'weight')))
+    assert drift['mae_mean'] == drift['mse_mean'] == 0
 
 
 def test_report_files(w4a4, tmp_path):
@@ -63,7 +69,8 @@ def test_report_files(w4a4, tmp_path):
     text = Path(md).read_text()
     pngs = sorted(p.name for p in tmp_path.glob('*.png'))
     assert pngs == ['act_clipping.png', 'act_range.png', 'act_sqnr.png',
-                    'blocks.png', 'pca_spectrum.png', 'weight_sqnr.png']
+                    'blocks.png', 'pca_spectrum.png', 'weight_drift.png',
+                    'weight_sqnr.png']
     import matplotlib.image as mpimg
     for name in pngs:
         data = (tmp_path / name).read_bytes()
@@ -74,6 +81,10 @@ def test_report_files(w4a4, tmp_path):
         assert f']({name})' in text
     stored = read_json(tmp_path / 'report.json')
     assert len(stored['quantizers']) == len(report['quantizers'])
+    assert stored['weight_drift'] == report['weight_drift']
+    assert '## Weight drift from the FP32 checkpoint' in text
+    n = len(report['weight_drift']['layers'])
+    assert f'Mean over {n} quantized layers: MAE 0, MSE 0, ' in text
 
 
 def test_float_model_is_refused():
