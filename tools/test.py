@@ -12,6 +12,7 @@ from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401  registers the GPLQ models and hook
 from gplq_mm.deploy import onnx_test_config
+from gplq_mm.probe.preflight import check_data_roots
 from gplq_mm.utils import (
     add_runner_args,
     check_checkpoint_file,
@@ -37,8 +38,11 @@ def main():
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} not found')
     is_onnx = args.checkpoint.endswith('.onnx')
-    try:  # a truncated checkpoint or a detector's ONNX: one clear line
+    # a truncated checkpoint, a detector's ONNX or a missing dataset file:
+    # one clear line
+    try:
         cfg = runner_config(args)
+        check_data_roots(cfg, loaders=('test', ))
         if is_onnx:
             onnx_test_config(cfg, args.checkpoint)
         else:

@@ -6,6 +6,7 @@ import sys
 from mmengine.runner import Runner, find_latest_checkpoint
 
 import gplq_mm  # noqa: F401  registers the GPLQ models and hook
+from gplq_mm.probe.preflight import check_data_roots
 from gplq_mm.utils import (
     add_runner_args,
     check_checkpoint_file,
@@ -37,8 +38,10 @@ def main():
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
-    # a truncated checkpoint gets one clear line, before any work
+    # a truncated checkpoint or a missing dataset file gets one clear line,
+    # before any work
     try:
+        check_data_roots(cfg)
         if cfg.get('load_from'):
             check_checkpoint_file(cfg.load_from)
         elif cfg.get('resume'):

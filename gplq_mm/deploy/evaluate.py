@@ -6,6 +6,7 @@ import torch
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS
 
+from ..utils.samples import set_cls_predictions
 from .session import run_batched, session
 
 __all__ = ['ONNXClassifier', 'onnx_test_config']
@@ -57,14 +58,7 @@ class ONNXClassifier(BaseModel):
         if mode != 'predict':
             raise ValueError(f'ONNXClassifier evaluates only (mode='
                              f"'predict' / 'tensor'), got mode={mode!r}")
-        from mmpretrain.structures import DataSample
-        scores = logits.softmax(dim=1)
-        labels = scores.argmax(dim=1, keepdim=True)
-        if data_samples is None:
-            data_samples = [DataSample() for _ in range(len(scores))]
-        for sample, score, label in zip(data_samples, scores, labels):
-            sample.set_pred_score(score).set_pred_label(label)
-        return data_samples
+        return set_cls_predictions(logits, data_samples)
 
 
 def onnx_test_config(cfg, onnx_file: str):
