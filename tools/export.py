@@ -89,7 +89,9 @@ def main():
             runner.load_checkpoint(args.checkpoint, strict=True)
         except ValueError as e:
             sys.exit(f'error: {e}')
-    model = runner.model
+    # The export and its checks run on the CPU (onnxruntime's, numpy's),
+    # whatever device the Runner chose: on a GPU host it picks CUDA.
+    model = runner.model.cpu()
     example = next(test_images(runner, model, 1, args.shape))
     stem = osp.splitext(osp.basename(args.checkpoint))[0]
     try:

@@ -26,14 +26,18 @@ def choose_num_components(explained: torch.Tensor, threshold: float = 0.6,
 
 def pca_loss(f_s: torch.Tensor, f_t: torch.Tensor, mean: torch.Tensor,
              components: torch.Tensor) -> torch.Tensor:
-    """``mean_b || (f_s - mu) V - (f_t - mu) V ||^2``.
+    """``mean_b || (f_s - mu) V - (f_t - mu) V ||^2``, computed as
+    ``|| (f_s - f_t) V ||^2`` (the mean cancels) in float32: under autocast
+    the two projections would be low-precision matmuls whose nearly equal
+    results cancel.
 
     Args:
         f_s, f_t: (B, D) student / teacher penultimate features.
-        mean: (D,) teacher feature mean.
+        mean: (D,) teacher feature mean (cancels; kept for the signature).
         components: (D, k) kept directions V (no whitening).
     """
-    diff = (f_s - mean) @ components - (f_t - mean) @ components  # (B, k)
+    with torch.autocast(f_s.device.type, enabled=False):
+        diff = (f_s.float() - f_t.float()) @ components.float()  # (B, k)
     return diff.pow(2).sum(dim=1).mean()
 
 

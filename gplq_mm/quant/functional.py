@@ -20,6 +20,7 @@ import torch
 __all__ = [
     'qrange', 'broadcast_shape', 'codes', 'fake_quant', 'patchify',
     'log2_quant', 'log_sqrt2_quant', 'LOG_GRIDS', 'lsq_grad_scale',
+    'step_dtype',
     'lsq_backward', 'group_rows', 'minmax_range', 'percentile_range',
     'step_from_range', 'search_weight_step'
 ]
@@ -59,9 +60,18 @@ def broadcast_shape(ndim: int, axis: int, numel: int) -> Tuple[int, ...]:
     return tuple(shape)
 
 
+def step_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a step divides ``x`` in: ``x``'s, but float32 for
+    float16, whose range rounds a small step (the 1e-8 floor of
+    :func:`step_from_range`, a dead channel's, an LSQ step trained small)
+    to 0, so ``x / s`` would be Inf or NaN. bfloat16 has float32's range."""
+    return torch.float32 if x.dtype == torch.float16 else x.dtype
+
+
 def codes(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
           axis: Optional[int] = None) -> torch.Tensor:
-    """Integer codes ``clamp(round(x / s), qmin, qmax)`` (in ``x``'s dtype).
+    """Integer codes ``clamp(round(x / s), qmin, qmax)`` (in ``x``'s dtype;
+    a float16 ``x`` is divided in float32, :func:`step_dtype`).
 
     ``step`` broadcasts against ``x`` as given, or, with ``axis``, is
     reshaped to one entry per index of ``axis`` (or one in all).
@@ -74,9 +84,11 @@ def codes(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
         tensor([[2., 2.],
                 [4., 4.]])
     """
+    dt = step_dtype(x)
+    step = step.to(dt)
     if axis is not None:  # no step.numel(): a traced export asks no size
-        step = step.to(x.dtype).reshape(broadcast_shape(x.dim(), axis, -1))
-    return torch.clamp(torch.round(x / step), qmin, qmax)
+        step = step.reshape(broadcast_shape(x.dim(), axis, -1))
+    return torch.clamp(torch.round(x.to(dt) / step), qmin, qmax).to(x.dtype)
 
 
 def fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int,
@@ -91,7 +103,8 @@ def fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int,
         ...            -8, 7)
         tensor([ 0.3000, -0.8000,  0.7000])
     """
-    return codes(x, step, qmin, qmax) * step
+    dt = step_dtype(x)
+    return (codes(x, step, qmin, qmax).to(dt) * step.to(dt)).to(x.dtype)
 
 
 def patchify(x: torch.Tensor, kernel: Tuple[int, int]) -> torch.Tensor:
@@ -184,7 +197,7 @@ def lsq_backward(x: torch.Tensor, step: torch.Tensor, grad_xq: torch.Tensor,
         >>> round(gs.item(), 4)
         -0.6
     """
-    v = x / step.to(x.dtype).view(shape)
+    v = x.to(step_dtype(x)) / step.to(step_dtype(x)).view(shape)
     low, high = v <= qmin, v >= qmax
     grad_x = grad_xq.masked_fill(low | high, 0) if need_x else None
     grad_step = None

@@ -102,7 +102,7 @@ def test_dataset_too_small_fails_before_training(digits_root, fp_checkpoint,
 
 
 DIST_WORKER = r'''
-import sys, json, weakref, torch
+import os, sys, json, weakref, torch
 sys.path.insert(0, {root!r})
 from mmengine.runner import Runner
 from mmengine.dist import all_gather_object, get_rank
@@ -120,6 +120,9 @@ else:
 cfg.train_dataloader.batch_size = {bs}
 cfg.optim_wrapper.optimizer.lr = 0.0  # compare the statistics, not Adam noise
 cfg.launcher = {launcher!r}
+# tools/gpu_check.py runs these tests over NCCL on 2 GPUs
+cfg.env_cfg.dist_cfg.backend = os.environ.get('GPLQ_TEST_DIST_BACKEND',
+                                              'gloo')
 prepare_launch(cfg)
 runner = Runner.from_cfg(cfg)
 runner.train()
