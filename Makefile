@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gplq-env
 
-.PHONY: env lint test demo demo-det demo-export bench bench-speed bench-export clean
+.PHONY: env lint test demo demo-det demo-export demo-transfer bench bench-speed \
+	bench-export bench-probe gpu-check clean
 
 $(STAMP): requirements.txt setup.py tools/setup_env.sh
 	VENV=$(VENV) bash tools/setup_env.sh
@@ -27,6 +28,10 @@ demo-det: $(STAMP)
 demo-export: $(STAMP)
 	$(PY) tools/demo_export.py
 
+# what the quantized backbone still knows, on unseen classes (docs/transfer.md)
+demo-transfer: $(STAMP)
+	$(PY) tools/demo_transfer.py
+
 # On a GPU: make bench-speed BENCH_ARGS=--compile
 BENCH_ARGS ?=
 bench-speed: $(STAMP)
@@ -35,9 +40,17 @@ bench-speed: $(STAMP)
 bench-export: $(STAMP)
 	$(PY) tools/bench_export.py
 
+# on a machine with a GPU: one line per check (docs/benchmarks.md)
+gpu-check: $(STAMP)
+	$(PY) tools/gpu_check.py
+
+bench-probe: $(STAMP)
+	$(PY) tools/bench_probe.py
+
 bench: $(STAMP)
 	$(PY) tools/benchmark.py --task cls
 	$(PY) tools/benchmark.py --task det
+	$(PY) tools/bench_probe.py
 
 clean:
 	rm -rf work_dirs

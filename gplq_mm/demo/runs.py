@@ -16,8 +16,8 @@ from .data import make_digit_coco, make_digits
 
 __all__ = ['ROOT', 'WORK', 'CLS_FP_CFG', 'CLS_GPLQ_CFG', 'DET_FP_CFG',
            'DET_GPLQ_CFG', 'METRIC_NAMES', 'TASKS', 'run', 'train',
-           'evaluate', 'bench_dir', 'write_results', 'cls_fp_model',
-           'det_fp_model']
+           'evaluate', 'bench_dir', 'write_results', 'fp_model',
+           'cls_fp_model', 'det_fp_model']
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 WORK = 'work_dirs/demo'
@@ -103,7 +103,7 @@ def write_results(out: str, lines: list, rows: list) -> None:
     print(f'\nwritten: {out}/results.md, {out}/results.json')
 
 
-def _fp_model(cost: dict, data_file: str, make_data, step: str, cfg: str,
+def fp_model(cost: dict, data_file: str, make_data, step: str, cfg: str,
               work_dir: str, last_epoch: int) -> str:
     """Make the dataset when ``data_file`` is missing and train the float
     model when its last checkpoint is; return that checkpoint."""
@@ -120,7 +120,7 @@ def _fp_model(cost: dict, data_file: str, make_data, step: str, cfg: str,
 def cls_fp_model(cost: dict) -> str:
     """The digits dataset and the float ViT (made when missing); returns
     the checkpoint. Paths are relative to :data:`ROOT`."""
-    return _fp_model(cost, 'data/digits/meta/val.txt',
+    return fp_model(cost, 'data/digits/meta/val.txt',
                      lambda: make_digits('data/digits'), 'train FP32 ViT',
                      CLS_FP_CFG, f'{WORK}/fp', 60)
 
@@ -128,7 +128,7 @@ def cls_fp_model(cost: dict) -> str:
 def det_fp_model(cost: dict) -> str:
     """The digit-canvas COCO set and the float detector (made when
     missing); returns the checkpoint."""
-    return _fp_model(cost, 'data/digit_coco/annotations/instances_val.json',
+    return fp_model(cost, 'data/digit_coco/annotations/instances_val.json',
                      lambda: make_digit_coco('data/digit_coco'),
                      'train FP32 Mask R-CNN', DET_FP_CFG, f'{WORK}/det_fp',
                      24)
