@@ -1,15 +1,18 @@
 """Evaluating an exported classifier through the config's own dataloader,
 preprocessor and metric (``tools/test.py CONFIG MODEL.onnx``)."""
+import os
 from typing import Optional
 
 import torch
+import torch.nn as nn
+from mmengine.dist import get_world_size
 from mmengine.model import BaseModel
-from mmengine.registry import MODELS
+from mmengine.registry import MODEL_WRAPPERS, MODELS
 
 from ..utils.samples import set_cls_predictions
 from .session import run_batched, session
 
-__all__ = ['ONNXClassifier', 'onnx_test_config']
+__all__ = ['ONNXClassifier', 'ONNXEvalWrapper', 'onnx_test_config']
 
 
 @MODELS.register_module()
@@ -25,7 +28,8 @@ class ONNXClassifier(BaseModel):
             model is loaded through :func:`~gplq_mm.deploy.load_storage`).
         data_preprocessor (dict): The host classifier's preprocessor.
         threads (int, optional): onnxruntime intra-op threads.
-            Defaults to None (all cores).
+            Defaults to None: all cores in one process; under a launcher,
+            the node's cores shared among its processes (``LOCAL_WORLD_SIZE``).
     """
 
     def __init__(self, onnx_file: str, data_preprocessor: dict,
@@ -43,6 +47,9 @@ class ONNXClassifier(BaseModel):
                for t in proto.graph.initializer):
             proto = load_storage(onnx_file)
         self.onnx_file = onnx_file
+        if threads is None and get_world_size() > 1:
+            local = int(os.environ.get('LOCAL_WORLD_SIZE', get_world_size()))
+            threads = max(1, (os.cpu_count() or 1) // local)
         self.session = session(proto, threads)
 
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -59,6 +66,24 @@ class ONNXClassifier(BaseModel):
             raise ValueError(f'ONNXClassifier evaluates only (mode='
                              f"'predict' / 'tensor'), got mode={mode!r}")
         return set_cls_predictions(logits, data_samples)
+
+
+@MODEL_WRAPPERS.register_module()
+class ONNXEvalWrapper(nn.Module):
+    """What the Runner wraps an :class:`ONNXClassifier` in under a launcher
+    (``tools/dist_test.sh``), in place of DDP, which refuses a module with
+    no trainable parameter; evaluation syncs no gradient. Each rank runs its
+    share of the test set; the evaluator gathers the results."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def val_step(self, data):
+        return self.module.val_step(data)
+
+    def test_step(self, data):
+        return self.module.test_step(data)
 
 
 def onnx_test_config(cfg, onnx_file: str):
@@ -80,4 +105,5 @@ def onnx_test_config(cfg, onnx_file: str):
     cfg.custom_hooks = [h for h in cfg.get('custom_hooks') or []
                         if not str(h.get('type', '')).startswith('GPLQ')]
     cfg.load_from = None
+    cfg.model_wrapper_cfg = dict(type='ONNXEvalWrapper')  # used under DDP
     return cfg

@@ -7,6 +7,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+from mmengine.dist import all_gather_object, all_reduce
 from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS
@@ -158,19 +159,38 @@ class GPLQModel(BaseModel):
         # losses) count element by element
         total = sum(t.sum() for k, v in losses.items() if 'loss' in k
                     for t in (v if isinstance(v, (list, tuple)) else [v]))
-        if not bool(torch.isfinite(total)):
+        # every rank learns whether any rank's loss is non-finite, so all
+        # raise together (one rank alone would leave the others waiting in
+        # the next collective until the timeout); no-op in one process
+        finite = torch.isfinite(total.detach()).float()
+        agreed = finite.clone()
+        all_reduce(agreed, op='min')
+        if not bool(agreed):
+            # on every rank: its forward issues the same collectives (SyncBN)
             where = self.first_non_finite(
                 dict(inputs=inputs, data_samples=data_samples))
-            it = MessageHub.get_current_instance().get_info('iter')
-            raise FloatingPointError(
-                f'GPLQ: the Stage-1 loss is {float(total.detach())}'
+            mine = None if bool(finite) else (float(total.detach()), where)
+            raise FloatingPointError(self._non_finite_message(
+                all_gather_object(mine)))
+        return losses
+
+    @staticmethod
+    def _non_finite_message(reports: List) -> str:
+        """The one message every rank raises, from each rank's ``(loss,
+        first non-finite layer)`` (None where its loss is finite)."""
+        bad = [(r, rep) for r, rep in enumerate(reports) if rep is not None]
+        rank, (value, where) = bad[0]
+        ranks = '' if len(reports) == 1 else (
+            f' on rank {rank}' if len(bad) == 1 else
+            f' on ranks {[r for r, _ in bad]} (the first shown)')
+        it = MessageHub.get_current_instance().get_info('iter')
+        return (f'GPLQ: the Stage-1 loss is {value}{ranks}'
                 + ('' if it is None else f' at iteration {it + 1}') + '; '
                 + (f'the first non-finite output is {where}\'s'
                    if where else 'every layer output is finite (the loss '
                    'itself is not)')
                 + '. Nothing was updated; the last checkpoint written is the '
                 'last good one.')
-        return losses
 
     def set_compile_cfg(self, compile_cfg: Union[bool, dict, None]
                         ) -> Optional[CompiledRegions]:

@@ -142,6 +142,11 @@ class FakeQuantizer(nn.Module):
         """Leave observation without setting the step."""
         self.observing, self._stats = False, None
 
+    @property
+    def saw_data(self) -> bool:
+        """Whether it observed a tensor since :meth:`start_observing`."""
+        return self._stats is not None
+
     def observe(self, x: torch.Tensor) -> None:
         """Accumulate the range of ``x``: running min / max (``minmax``) or
         the sum of per-batch percentile ranges (``percentile``)."""

@@ -4,6 +4,8 @@ report."""
 import contextlib
 from typing import List, Optional, Tuple
 
+import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from .layers import iter_quantizers
@@ -55,7 +57,8 @@ def calibration(model: nn.Module, role: str = 'act'):
     """Within the block, the ``role`` quantizers observe (and pass data
     through unchanged); on normal exit each sets its step from what it saw,
     reduced over ranks. Quantizers of the other role keep their state."""
-    qs = [q for _, q in iter_quantizers(model, role)]
+    named = list(iter_quantizers(model, role))
+    qs = [q for _, q in named]
     for q in qs:
         q.start_observing()
     try:
@@ -64,6 +67,22 @@ def calibration(model: nn.Module, role: str = 'act'):
         for q in qs:
             q.stop_observing()
         raise
+    # the ranks agree on which quantizers saw nothing, so every rank raises
+    # the same error (one rank alone would leave the others waiting in the
+    # steps' all_reduce until the timeout); no-op in one process
+    missing = torch.tensor([float(not q.saw_data) for q in qs],
+                           device=qs[0].step.device if qs else None)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(missing, op=dist.ReduceOp.MAX)
+    if bool(missing.any()):
+        for q in qs:
+            q.stop_observing()
+        bad = [(n, q) for (n, q), m in zip(named, missing.tolist()) if m]
+        name, q = bad[0]
+        raise RuntimeError(
+            f'{len(bad)} quantizer(s) saw no data during calibration (on at '
+            f'least one rank), the first {name or "one"} ({q.extra_repr()}): '
+            "is its module reached by forward, on every rank's batches?")
     for q in qs:
         q.finish_calibration()
 

@@ -55,6 +55,17 @@ def test_export_then_evaluate_the_onnx_model_like_the_checkpoint(deploy_run):
     # 64 val images: one image is 1.5625 points
     assert abs(metrics['onnx'] - metrics['torch']) <= 1.6
     assert metrics['int4'] == metrics['onnx']
+    # under a launcher (dist_test.sh): 2 gloo processes, half the set each
+    path = osp.join(out, 'onnx_2proc.json')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+         '--nproc_per_node=2', 'tools/test.py', cfg,
+         osp.join(out, 'gplq-deploy_w4a4.onnx'), '--launcher', 'pytorch',
+         '--out', path, '--work-dir', osp.join(out, 'onnx_2proc')],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_json(path)['accuracy/top1'] == metrics['onnx']
 
 
 def test_export_refuses_a_stage1_checkpoint_in_one_line(deploy_run):

@@ -218,6 +218,61 @@ def test_long_steps_log_progress(digits_root, fp_checkpoint, tmp_path):
     assert log.count('images/s, ETA 0s') == 3
 
 
+NAN_WORKER = r'''
+import sys
+sys.path.insert(0, {root!r})
+from mmengine.dist import get_rank
+from mmengine.runner import Runner
+import gplq_mm
+from gplq_mm.utils import prepare_launch
+from tests.helpers import gplq_cfg
+cfg = gplq_cfg({data!r}, {work!r}, {ckpt!r}, train_images=64, max_epochs=2)
+cfg.custom_hooks[0].update(calib_images=32, pca_images=64, ptq_images=32)
+cfg.train_dataloader.batch_size = 8
+cfg.launcher = 'pytorch'
+prepare_launch(cfg)
+runner = Runner.from_cfg(cfg)
+model = runner.model.module
+def blow_up(mod, args, out):  # rank 1 only, from the second epoch on
+    return out * float('inf') if runner.epoch >= 1 and get_rank() == 1 \
+        else out
+model.student.backbone.layers[1].attn.proj.register_forward_hook(blow_up)
+try:
+    runner.train()
+except FloatingPointError as e:
+    with open({work!r} + f'/error_{{get_rank()}}.txt', 'w') as f:
+        f.write(str(e))
+    raise
+'''
+
+
+def test_one_ranks_non_finite_loss_stops_every_rank(digits_root,
+                                                    fp_checkpoint, tmp_path):
+    """2 gloo processes, a NaN on rank 1 only: both raise the same error at
+    once (none waits in a collective until the timeout), before any update;
+    the last checkpoint stays the last good one."""
+    from gplq_mm.utils.checkpoint import check_checkpoint_file
+    work = tmp_path / 'nan'
+    work.mkdir()
+    script = tmp_path / 'nan.py'
+    script.write_text(NAN_WORKER.format(root=ROOT, data=digits_root,
+                                        work=str(work), ckpt=fp_checkpoint))
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+         '--nproc_per_node=2', str(script)],
+        env=dict(os.environ, OMP_NUM_THREADS='1'), cwd=ROOT, timeout=300,
+        capture_output=True, text=True)
+    assert proc.returncode != 0
+    errors = [(work / f'error_{r}.txt').read_text() for r in (0, 1)]
+    assert errors[0] == errors[1], errors
+    # 64 images, 2 x 8 a step: 4 iterations an epoch, epoch 2 starts at 5
+    assert errors[0].startswith('GPLQ: the Stage-1 loss is nan on rank 1 at '
+                                'iteration 5; the first non-finite output is '
+                                "backbone.layers.1.attn.proj's"), errors[0]
+    check_checkpoint_file(str(work / 'epoch_1.pth'))
+    assert not (work / 'epoch_2.pth').exists()
+
+
 def test_non_finite_loss_names_iteration_and_layer(digits_root, fp_checkpoint,
                                                    tmp_path):
     cfg = gplq_cfg(digits_root, str(tmp_path), fp_checkpoint,
