@@ -159,7 +159,7 @@ def collect(model, batches: List[dict],
             for row in report['blocks']:
                 row['qwt_r2'] = (qwt_r2 or {}).get(row['name'])
         pca = getattr(model, 'pca', None)
-        if pca is not None and bool(pca.fitted):
+        if pca is not None and pca.is_fitted:
             report['pca'] = dict(
                 explained=[float(v) for v in pca.explained],
                 kept=int(pca.num_components), threshold=pca.threshold)

@@ -2,7 +2,7 @@
 from typing import List, Optional
 
 import torch
-from mmengine.hooks import Hook
+from mmengine.hooks import Hook, LoggerHook
 from mmengine.registry import HOOKS
 
 from ..analysis import weight_drift
@@ -141,7 +141,13 @@ class GPLQHook(Hook):
                          outputs=None) -> None:
         """The mean learned step of the activation quantizers (and of the
         weight quantizers where they train) joins the losses in the log and
-        in the visualizer's backends (``train/act_step_mean``)."""
+        in the visualizer's backends (``train/act_step_mean``), on the
+        iterations the LoggerHook logs: reading it waits for the device."""
+        interval = next((h.interval for h in runner.hooks
+                         if isinstance(h, LoggerHook)), 1)
+        if not (self.every_n_train_iters(runner, interval) or
+                self.end_of_epoch(runner.train_dataloader, batch_idx)):
+            return
         for role, steps in self._trained_steps.items():
             if steps:
                 mean = torch.cat([s.detach().reshape(-1) for s in steps])

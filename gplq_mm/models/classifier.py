@@ -83,7 +83,7 @@ class GPLQClassifier(GPLQModel):
     @property
     def needs_prepare(self) -> bool:
         """L_PCA is on, the method trains and the PCA is not fitted yet."""
-        return self.alpha > 0 and self.trains and not bool(self.pca.fitted)
+        return self.alpha > 0 and self.trains and not self.pca.is_fitted
 
     @torch.no_grad()
     def prepare(self, batches: Iterable[dict]) -> dict:
@@ -105,7 +105,7 @@ class GPLQClassifier(GPLQModel):
         losses = {('loss_cls' if k == 'loss' else k): v
                   for k, v in losses.items()}
         if self.alpha > 0:
-            if not bool(self.pca.fitted):
+            if not self.pca.is_fitted:
                 raise RuntimeError('L_PCA is on (alpha > 0) but the PCA is '
                                    'not fitted; GPLQHook fits it before '
                                    'training')

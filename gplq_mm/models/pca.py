@@ -45,7 +45,9 @@ class PCAProjector(nn.Module):
     """Holds the PCA of the teacher's penultimate features; all of it in the
     state_dict, allocated at full size: ``mean`` (D), ``components`` (D, D),
     columns sorted by variance, ``explained`` (D) ratios, ``num_components``
-    (k) and ``fitted``."""
+    (k) and ``fitted``. Python copies of the last two (:attr:`is_fitted`,
+    :attr:`kept`), refreshed by :meth:`fit` and by a state-dict load, keep
+    the training step from reading them off the device every iteration."""
 
     def __init__(self, dim: int, threshold: float = 0.6, multiple: int = 32):
         super().__init__()
@@ -57,6 +59,15 @@ class PCAProjector(nn.Module):
                              torch.zeros((), dtype=torch.long))
         self.register_buffer('fitted', torch.zeros((), dtype=torch.bool))
         self.reset_stats()
+        self._refresh()
+        self.register_load_state_dict_post_hook(lambda mod, _: mod._refresh())
+
+    def _refresh(self) -> None:
+        self._k, self._fitted = int(self.num_components), bool(self.fitted)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._fitted
 
     def reset_stats(self):
         self._s1 = self._s2 = None
@@ -95,11 +106,12 @@ class PCAProjector(nn.Module):
         self.num_components.fill_(k)
         self.fitted.fill_(True)
         self.reset_stats()
+        self._refresh()
         return k
 
     @property
     def kept(self) -> torch.Tensor:
-        return self.components[:, :int(self.num_components)]
+        return self.components[:, :self._k]
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
         return pca_loss(f_s, f_t, self.mean, self.kept)

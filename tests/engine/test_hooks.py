@@ -24,6 +24,7 @@ def _student_state(path):
 def test_one_run_gives_w4a4_checkpoint_that_tests(digits_root, fp_checkpoint,
                                                   tmp_path):
     cfg = gplq_cfg(digits_root, str(tmp_path), fp_checkpoint)
+    cfg.default_hooks.logger.interval = 1  # the step means: logged iterations
     runner = Runner.from_cfg(cfg)
     runner.train()
     model = runner.model

@@ -48,3 +48,25 @@ def test_stage1_iteration_under_cpu_autocast(fp_checkpoint, dtype):
     assert grads and all(torch.isfinite(g).all() for g in grads)
     # the L_PCA term is computed in float32 (no cancelling half matmuls)
     assert losses['loss_pca'].dtype == torch.float32
+
+
+def test_a_stage1_step_reads_the_device_once(fp_checkpoint, monkeypatch):
+    """Host syncs in a Stage-1 loss: exactly one, the non-finite-loss check
+    (it must stop the step before the update); L_PCA's kept dimension and
+    fitted flag are Python values."""
+    model = _stage1(fp_checkpoint)
+    model.train()
+    x, samples = _batch()
+    model(x, samples, mode='loss')  # warm: first-call work is not counted
+    calls = []
+    for name in ('__bool__', 'item', 'tolist', '__int__', '__float__',
+                 '__index__'):
+        orig = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _orig=orig, _name=name, **k):
+            calls.append(_name)
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    model(x, samples, mode='loss')
+    monkeypatch.undo()
+    assert calls == ['__bool__'], calls
