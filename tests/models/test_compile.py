@@ -124,3 +124,69 @@ def test_compiled_detector_trains_through_the_runner(
     assert comp.probed == {'student.backbone'}
     assert runner.model.stage == 2
     assert (tmp_path / 'gplq_w4a4.pth').exists()
+
+
+DDP_WORKER = r'''
+import json, sys
+sys.path.insert(0, {root!r})
+from mmengine.dist import get_rank
+from mmengine.runner import Runner
+import gplq_mm
+from gplq_mm.utils import finish_launch, prepare_launch
+from tests.helpers import gplq_cfg
+cfg = gplq_cfg({data!r}, {work!r}, {ckpt!r}, train_images=64,
+               quant_cfg=dict(attn_init='minmax'), compile_cfg={compile!r})
+cfg.custom_hooks[0].update(calib_images=32, pca_images=64, ptq_images=32,
+                           weight_ptq=False)
+cfg.train_dataloader.batch_size = 8
+cfg.default_hooks.logger.interval = 1
+# SGD: Adam's sign-like first steps would turn float rounding into weight
+# differences that 4-bit rounding then amplifies
+cfg.optim_wrapper = dict(optimizer=dict(type='SGD', lr=1e-2))
+cfg.launcher = 'pytorch'
+prepare_launch(cfg)
+runner = Runner.from_cfg(cfg)
+runner.train()
+compiler = runner.model.module.compiler
+if get_rank() == 0:
+    with open({work!r} + '/out.json', 'w') as f:
+        json.dump(dict(losses=runner.message_hub.log_scalars[
+            'train/loss'].data[0].tolist(),
+            failed=None if compiler is None else compiler.failed), f)
+del runner, compiler
+finish_launch()
+'''
+
+
+def test_compiled_stage1_under_ddp_matches_eager(digits_root, fp_checkpoint,
+                                                 tmp_path):
+    """2 gloo processes: the compiled backbones (aot_eager) run under DDP
+    without falling back to eager, with eager's losses."""
+    import json
+    import os
+    import os.path as osp
+    import subprocess
+    import sys
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    out = {}
+    for name, comp in (('eager', False), ('compiled',
+                                          dict(backend='aot_eager'))):
+        work = tmp_path / name
+        work.mkdir()
+        script = tmp_path / f'{name}.py'
+        script.write_text(DDP_WORKER.format(
+            root=root, data=digits_root, work=str(work), ckpt=fp_checkpoint,
+            compile=comp))
+        proc = subprocess.run(
+            [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+             '--nproc_per_node=2', str(script)], cwd=root, timeout=600,
+            capture_output=True, text=True,
+            env=dict(os.environ, OMP_NUM_THREADS='1'))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert 'Running the model eagerly' not in proc.stderr + proc.stdout
+        with open(work / 'out.json') as f:
+            out[name] = json.load(f)
+    assert out['compiled']['failed'] is False
+    assert len(out['eager']['losses']) == 4
+    assert out['compiled']['losses'] == pytest.approx(out['eager']['losses'],
+                                                      rel=1e-5)
