@@ -17,10 +17,10 @@ import numpy as np
 from PIL import Image
 
 __all__ = ['make_digits', 'make_digit_coco', 'write_image_set',
-           'load_digits_uint8']
+           'load_digits_uint8', 'stratified_split']
 
 
-def _split(labels, val_fraction, rng):
+def stratified_split(labels, val_fraction, rng):
     """The fixed stratified split: ``(train indices, val indices)``."""
     val = np.zeros(len(labels), bool)
     for c in np.unique(labels):
@@ -71,7 +71,7 @@ def make_digits(out: str, size: int = 32, val_fraction: float = 0.2,
     keep = np.flatnonzero(np.isin(target, classes))
     labels = np.full(len(target), -1)
     labels[keep] = [list(classes).index(t) for t in target[keep]]
-    train, val = _split(labels[keep], val_fraction,
+    train, val = stratified_split(labels[keep], val_fraction,
                         np.random.RandomState(seed))
     return write_image_set(out, images, labels,
                            dict(zip(parts, (keep[train], keep[val]))), size)
@@ -84,7 +84,7 @@ def make_digit_coco(out: str, n_train: int = 300, n_val: int = 100,
     from pycocotools import mask as mask_utils
     glyphs, target = load_digits_uint8()
     rng = np.random.RandomState(seed)
-    pools = dict(zip(('train', 'val'), _split(target, 0.2, rng)))
+    pools = dict(zip(('train', 'val'), stratified_split(target, 0.2, rng)))
     counts = {}
     for part, n_img in (('train', n_train), ('val', n_val)):
         os.makedirs(osp.join(out, part), exist_ok=True)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import _split, make_digits, write_image_set
+from .data import make_digits, stratified_split, write_image_set
 
 __all__ = ['UPSTREAM', 'DOWNSTREAM', 'SETS', 'SHOTS', 'make_transfer_data',
            'load_mnist_5k', 'kshot', 'probe_suite']
@@ -64,7 +64,8 @@ def make_transfer_data(root: str = ROOT, seed: int = 0) -> dict:
     labels[keep] = [DOWNSTREAM.index(t) for t in target[keep]]
     grid = np.zeros((len(target), 8, 8), np.uint8)
     grid[keep] = _to_digits_grid(images[keep])
-    train, test = _split(labels[keep], 0.5, np.random.RandomState(seed))
+    train, test = stratified_split(labels[keep], 0.5,
+                                   np.random.RandomState(seed))
     counts['mnist'] = write_image_set(
         osp.join(root, 'mnist'), grid, labels,
         dict(train=keep[train], test=keep[test]))

@@ -130,7 +130,9 @@ class LinearProbeLoop(EpochBasedTrainLoop):
 
     @staticmethod
     def _make_feature_loader_cfg(runner, dataloader: dict,
-                            pipeline: Optional[list]) -> dict:
+                                 pipeline: Optional[list]) -> dict:
+        """The train dataloader's config with the feature pipeline and no
+        shuffle."""
         cfg = copy.deepcopy(dict(dataloader))
         if pipeline is None:
             for name in ('test_dataloader', 'val_dataloader'):
