@@ -17,7 +17,6 @@ here).
 Finished runs and probes are reused (--force redoes everything).
 """
 import argparse
-import hashlib
 import os
 import os.path as osp
 import re
@@ -29,7 +28,7 @@ import numpy as np
 from gplq_mm.demo.runs import ROOT, fp_model, run, train, write_results
 from gplq_mm.demo.transfer import SETS, SHOTS, make_transfer_data
 from gplq_mm.models.methods import checkpoint_name, stage1_name
-from gplq_mm.utils.io import read_json, write_json
+from gplq_mm.utils.io import file_sha256, read_json, write_json
 
 WORK = 'work_dirs/demo/transfer'
 CFG_DIR = 'configs/demo/transfer'
@@ -50,11 +49,6 @@ METHODS = (('minmax-ptq', 'minmax-ptq', [], 1),
            ('gplq-deploy', 'gplq-deploy', [], 1))
 COLUMNS = ['upstream', 'internal_fp32', 'drift_mae'] + [
     f'{s}/{k}' for s in SETS for k in ['full'] + [f'k{n}' for n in SHOTS]]
-
-
-def _sha(path: str) -> str:
-    with open(path, 'rb') as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _random_init(path: str) -> str:
@@ -78,9 +72,11 @@ def _probe(name: str, source: str, ckpt: str, fp_ckpt: str,
     The drift is measured on ``latent`` (default ``ckpt``)."""
     from gplq_mm.demo.transfer import checkpoint_row, latent_drift
     path = f'{WORK}/probe_{name}.json'
-    sha = _sha(ckpt)
-    if osp.isfile(path) and read_json(path).get('sha256') == sha:
-        return read_json(path)
+    sha = file_sha256(ckpt)
+    if osp.isfile(path):
+        row = read_json(path)
+        if row.get('sha256') == sha:
+            return row
     t = time.time()
     row = checkpoint_row(source, ckpt, pixels=pixels, use_qwt=use_qwt)
     row['drift_mae'] = None if pixels else latent_drift(

@@ -50,14 +50,15 @@ def main():
     opts = [f'model.source={source}',
             f'model.internal_fp32={args.internal_fp32}', *args.cfg_options]
     cfgs = {d: f'configs/probe/linear-probe_{d}.py' for d in args.datasets}
+    loaded = {d: Config.fromfile(cfg) for d, cfg in cfgs.items()}
     try:  # every dataset's layout, before the first one trains
-        for cfg in cfgs.values():
-            check_data_roots(Config.fromfile(cfg))
+        for c in loaded.values():
+            check_data_roots(c)
     except ValueError as e:
         sys.exit(f'error: {e}')
     accs = {}
     for d, cfg in cfgs.items():
-        epochs = Config.fromfile(cfg).train_cfg.max_epochs
+        epochs = loaded[d].train_cfg.max_epochs
         final = f'epoch_{epochs}.pth'
         train(f'{work}/{d}', cfg, ckpt, final, opts, step=f'probe {d}')
         m = evaluate(work, d, cfg, f'{work}/{d}/{final}',

@@ -1,7 +1,7 @@
 """How far training moved the weights from the FP32 checkpoint: the basin
 measurement of the paper (Table 7, mean per-layer MAE / MSE of the weights
 against FP32)."""
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -27,7 +27,8 @@ def drift_numbers(w: torch.Tensor, w_fp: torch.Tensor) -> Dict[str, float]:
 
 
 @torch.no_grad()
-def weight_drift(student: nn.Module, teacher: nn.Module) -> Dict:
+def weight_drift(student: nn.Module, teacher: nn.Module,
+                 layers: Optional[Sequence[str]] = None) -> Dict:
     """Per-layer drift of ``student``'s latent weights from ``teacher``'s.
 
     ``student`` is a converted host model (``GPLQModel.student``), ``teacher``
@@ -37,6 +38,8 @@ def weight_drift(student: nn.Module, teacher: nn.Module) -> Dict:
     i.e. one with a weight quantizer) is compared with the teacher's module
     of the same name, on its weight tensor (not the bias):
     :func:`drift_numbers` (``rel_mae`` compares across model sizes).
+    ``layers`` names the layers to compare instead (e.g. a float model's
+    Linear / Conv2d layers, which no quantizer marks).
 
     The latent weights are the ones the optimizer trains, never the
     fake-quantized ones; a method that re-expresses them without changing
@@ -49,10 +52,11 @@ def weight_drift(student: nn.Module, teacher: nn.Module) -> Dict:
         ``mse_mean`` and ``rel_mae_mean``. The FP32 model against itself
         drifts by exactly 0.
     """
-    layers: List[dict] = []
-    for name, mod in student.named_modules():
-        if not is_quant_layer(mod):
-            continue
+    if layers is None:
+        layers = [n for n, m in student.named_modules() if is_quant_layer(m)]
+    rows: List[dict] = []
+    for name in layers:
+        mod = student.get_submodule(name)
         try:
             ref = teacher.get_submodule(name).weight
         except AttributeError:
@@ -64,11 +68,12 @@ def weight_drift(student: nn.Module, teacher: nn.Module) -> Dict:
             raise ValueError(
                 f'weight_drift: {name}.weight is {tuple(mod.weight.shape)} '
                 f'in the student, {tuple(ref.shape)} in the teacher')
-        layers.append(dict(name=name, numel=ref.numel(),
-                           **drift_numbers(mod.weight, ref)))
-    if not layers:
+        rows.append(dict(name=name, numel=ref.numel(),
+                         **drift_numbers(mod.weight, ref)))
+    if not rows:
         raise ValueError('weight_drift: the student has no quantized layer '
-                         '(pass a converted model, GPLQModel.student)')
-    return dict(layers=layers, **{
-        f'{k}_mean': sum(r[k] for r in layers) / len(layers)
+                         '(pass a converted model, GPLQModel.student, or '
+                         'name the layers)')
+    return dict(layers=rows, **{
+        f'{k}_mean': sum(r[k] for r in rows) / len(rows)
         for k in ('mae', 'mse', 'rel_mae')})

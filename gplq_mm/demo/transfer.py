@@ -174,15 +174,13 @@ def latent_drift(source: str, ckpt: str, fp_source: str,
     import torch.nn as nn
     from mmengine.registry import DefaultScope
 
-    from ..analysis.drift import drift_numbers, weight_drift
+    from ..analysis.drift import weight_drift
     from ..probe import load_frozen
     from ..quant.layers import is_quant_layer
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = load_frozen(source, ckpt)[0].classifier
         fp = load_frozen(fp_source, fp_ckpt)[0].classifier
-    if any(is_quant_layer(m) for m in model.modules()):
-        return weight_drift(model, fp)['mae_mean']
-    maes = [drift_numbers(m.weight, fp.get_submodule(n).weight)['mae']
-            for n, m in model.named_modules() if n.startswith('backbone.')
-            and isinstance(m, (nn.Linear, nn.Conv2d))]
-    return sum(maes) / len(maes)
+    layers = None if any(is_quant_layer(m) for m in model.modules()) else [
+        n for n, m in model.named_modules() if n.startswith('backbone.')
+        and isinstance(m, (nn.Linear, nn.Conv2d))]
+    return weight_drift(model, fp, layers)['mae_mean']

@@ -130,7 +130,9 @@ class GPLQHook(Hook):
             self.stats.update(model.prepare(
                 step_batches(runner, self.pca_images, 'PCA')))
             self.stats.stop('pca')
-        # the steps whose mean is logged every iteration (found once)
+        # the steps whose mean is logged, and when: found once
+        self._log_interval = next((h.interval for h in runner.hooks
+                                   if isinstance(h, LoggerHook)), 1)
         self._trained_steps = {
             role: [q.step for _, q in iter_quantizers(model.student, role)
                    if q.enabled and q.step.requires_grad]
@@ -143,9 +145,7 @@ class GPLQHook(Hook):
         weight quantizers where they train) joins the losses in the log and
         in the visualizer's backends (``train/act_step_mean``), on the
         iterations the LoggerHook logs: reading it waits for the device."""
-        interval = next((h.interval for h in runner.hooks
-                         if isinstance(h, LoggerHook)), 1)
-        if not (self.every_n_train_iters(runner, interval) or
+        if not (self.every_n_train_iters(runner, self._log_interval) or
                 self.end_of_epoch(runner.train_dataloader, batch_idx)):
             return
         for role, steps in self._trained_steps.items():

@@ -15,6 +15,7 @@ from mmengine.runner import EpochBasedTrainLoop
 
 from ..engine.steps import PROGRESS_S, unwrap
 from ..utils.data import with_progress
+from ..utils.io import file_sha256
 
 __all__ = ['LinearProbeLoop', 'extract_features', 'feature_key', 'MODES']
 
@@ -46,14 +47,6 @@ def extract_features(model, loader, log: Optional[Callable[[str], None]] =
     return torch.cat(feats), torch.cat(labels)
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 22), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def feature_key(model, dataset_cfg: dict) -> str:
     """What the cached features depend on, hashed: the probed checkpoint's
     content, the config its backbone was built from (the source's model,
@@ -61,7 +54,7 @@ def feature_key(model, dataset_cfg: dict) -> str:
     preprocessor and the feature dataset's config (files, pipeline)."""
     h = hashlib.sha256()
     pre = model.data_preprocessor
-    for part in (CACHE_VERSION, _file_sha256(model.checkpoint),
+    for part in (CACHE_VERSION, file_sha256(model.checkpoint),
                  model.backbone.built_cfg, type(pre).__name__,
                  {k: v.tolist() for k, v in pre.state_dict().items()},
                  dataset_cfg):

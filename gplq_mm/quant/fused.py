@@ -34,7 +34,7 @@ class _LSQFakeQuant(torch.autograd.Function):
     def forward(ctx, x, step, qmin, qmax, grad_scale, shape):
         ctx.save_for_backward(x, step)
         ctx.args = (qmin, qmax, shape, grad_scale)
-        return fake_quant(x, step.to(step_dtype(x)).view(shape), qmin, qmax)
+        return fake_quant(x, step.view(shape), qmin, qmax)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -108,7 +108,7 @@ class _LSQLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, step, weight, bias, qmin, qmax, grad_scale, shape):
-        xq = fake_quant(x, step.to(step_dtype(x)).view(shape), qmin, qmax)
+        xq = fake_quant(x, step.view(shape), qmin, qmax)
         ctx.save_for_backward(x, step, weight)
         ctx.args = (qmin, qmax, shape, grad_scale)
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -124,7 +124,7 @@ class _LSQLinear(torch.autograd.Function):
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         grad_w = grad_b = None
         if ctx.needs_input_grad[2]:
-            xq = fake_quant(x, step.to(step_dtype(x)).view(shape), qmin, qmax)
+            xq = fake_quant(x, step.view(shape), qmin, qmax)
             grad_w = (g2.T @ xq.reshape(-1, xq.shape[-1]).to(g2.dtype)).to(
                 weight.dtype)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
@@ -159,7 +159,7 @@ def _attention_forward(q, k, v, steps, qkv_range, p_range, mult, lsq=False):
     def quant(x, s, qrange):
         if lsq:
             return lsq_fake_quant(x, s, *qrange, axis=1)
-        return fake_quant(x, s.to(step_dtype(x)).view(_head_shape(s)), *qrange)
+        return fake_quant(x, s.view(_head_shape(s)), *qrange)
 
     qq, kq, vq = (quant(x, s, qkv_range) for x, s in zip((q, k, v), steps))
     scores = (qq @ kq.transpose(-2, -1)) * mult  # (B, heads, N, N)

@@ -1,7 +1,9 @@
-"""Reading and writing the small JSON files the tools exchange."""
+"""Reading and writing the small JSON files the tools exchange; a file's
+content hash."""
+import hashlib
 import json
 
-__all__ = ['read_json', 'write_json']
+__all__ = ['read_json', 'write_json', 'file_sha256']
 
 
 def read_json(path):
@@ -14,3 +16,12 @@ def write_json(obj, path, indent: int = 2) -> None:
     """Write ``obj`` as JSON to ``path``."""
     with open(path, 'w') as f:
         json.dump(obj, f, indent=indent)
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of the file ``path``'s content (read in 4 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 22), b''):
+            h.update(chunk)
+    return h.hexdigest()
