@@ -1,7 +1,10 @@
 """Evaluate a checkpoint with a config (mmpretrain / mmdet style).
 
-A ``.onnx`` file from tools/export.py in place of the checkpoint is run in
-onnxruntime, through the same dataloader, preprocessor and metric.
+An export of tools/export.py in place of the checkpoint runs in
+onnxruntime, through the same dataloader, preprocessor and metric: a
+classifier's ``.onnx`` file, or a detector's export directory (or its
+``*_detector.json`` manifest; ``--form`` picks its runtime, storage or FP32
+graphs).
 """
 import argparse
 import json
@@ -11,7 +14,7 @@ import sys
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401  registers the GPLQ models and hook
-from gplq_mm.deploy import onnx_test_config
+from gplq_mm.deploy import DEPLOY_FORMS, detector_test_config, onnx_test_config
 from gplq_mm.probe.preflight import check_data_roots
 from gplq_mm.utils import (
     add_runner_args,
@@ -26,8 +29,11 @@ from gplq_mm.utils import (
 def parse_args():
     p = argparse.ArgumentParser(description='Test a checkpoint')
     p.add_argument('config', help='test config file path')
-    p.add_argument('checkpoint', help='checkpoint file, or an exported '
-                   'classifier (.onnx)')
+    p.add_argument('checkpoint', help='checkpoint file, an exported '
+                   'classifier (.onnx) or an exported detector (its '
+                   'directory or *_detector.json)')
+    p.add_argument('--form', choices=DEPLOY_FORMS, default='runtime',
+                   help='which graphs of an exported detector to run')
     p.add_argument('--out', help='write the metrics to this JSON file')
     add_runner_args(p)
     return p.parse_args()
@@ -35,9 +41,11 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
+    if not osp.exists(args.checkpoint) and '://' not in args.checkpoint:
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} not found')
     is_onnx = args.checkpoint.endswith('.onnx')
+    is_export = osp.isdir(args.checkpoint) or args.checkpoint.endswith(
+        '_detector.json')
     # a truncated checkpoint, a detector's ONNX or a missing dataset file:
     # one clear line
     try:
@@ -45,6 +53,8 @@ def main():
         check_data_roots(cfg, loaders=('test', ))
         if is_onnx:
             onnx_test_config(cfg, args.checkpoint)
+        elif is_export:
+            detector_test_config(cfg, args.checkpoint, args.form)
         else:
             check_checkpoint_file(args.checkpoint)
             cfg.load_from = args.checkpoint

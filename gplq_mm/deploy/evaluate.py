@@ -1,16 +1,15 @@
 """Evaluating an exported classifier through the config's own dataloader,
 preprocessor and metric (``tools/test.py CONFIG MODEL.onnx``)."""
-import os
 from typing import Optional
 
 import torch
 import torch.nn as nn
-from mmengine.dist import get_world_size
 from mmengine.model import BaseModel
 from mmengine.registry import MODEL_WRAPPERS, MODELS
 
 from ..utils.samples import set_cls_predictions
-from .session import run_batched, session
+from .session import node_threads, run_batched, session
+from .storage import open_model
 
 __all__ = ['ONNXClassifier', 'ONNXEvalWrapper', 'onnx_test_config']
 
@@ -39,18 +38,9 @@ class ONNXClassifier(BaseModel):
         data_preprocessor.setdefault('type', 'mmpretrain.ClsDataPreprocessor')
         super().__init__(data_preprocessor=data_preprocessor,
                          init_cfg=init_cfg)
-        import onnx
-
-        from .storage import load_storage
-        proto = onnx.load(onnx_file)
-        if any(t.data_type == onnx.TensorProto.INT4
-               for t in proto.graph.initializer):
-            proto = load_storage(onnx_file)
         self.onnx_file = onnx_file
-        if threads is None and get_world_size() > 1:
-            local = int(os.environ.get('LOCAL_WORLD_SIZE', get_world_size()))
-            threads = max(1, (os.cpu_count() or 1) // local)
-        self.session = session(proto, threads)
+        self.session = session(open_model(onnx_file),
+                               node_threads(threads))
 
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """The model's output (:func:`run_batched`)."""

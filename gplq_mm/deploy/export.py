@@ -31,7 +31,7 @@ correctly here, and the tests would catch its removal.
 """
 import os.path as osp
 import warnings
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -47,6 +47,18 @@ __all__ = ['MIN_OPSET', 'FORMS', 'export_onnx', 'export_forms', 'trace',
 
 MIN_OPSET = 21  # INT4 tensors, per-axis QuantizeLinear / DequantizeLinear
 FORMS = ('runtime', 'fp32')
+# a graph's output names: one per output, or one numbered for each
+Outputs = Union[str, Sequence[str]]
+
+
+def output_names(name: Outputs, out) -> List[str]:
+    """The ONNX output names of a graph whose PyTorch output is ``out`` (a
+    tensor or a tuple): ``name`` itself when it lists them, else ``name``,
+    numbered for a tuple."""
+    if not isinstance(name, str):
+        return list(name)
+    return [name] if isinstance(out, torch.Tensor) else [
+        f'{name}{i}' for i in range(len(out))]
 
 
 def onnx_module():
@@ -188,13 +200,15 @@ def _sort_warnings(caught, logger) -> None:
 def trace(graph: nn.Module, inputs: torch.Tensor, path: str,
           outputs: Optional[List[str]] = None, opset: int = MIN_OPSET,
           dynamic: bool = True,
-          logger: Optional[Callable[[str], None]] = None) -> bool:
+          logger: Optional[Callable[[str], None]] = None,
+          axis: str = 'batch') -> bool:
     """Trace ``graph`` (a module taking the image batch; its quantized sites
     in their export form, :func:`~gplq_mm.quant.prepare_export`) to
     ``path``, fold its constants down to the integer codes
     (:func:`fold_constants`) and check it (``onnx.checker``, full check).
 
-    With ``dynamic``, the batch axis is symbolic; returns whether
+    With ``dynamic``, the first axis (named ``axis``: the image batch, or
+    a RoI head's RoIs) is symbolic; returns whether
     onnxruntime then computes a batch of two images as each image alone (a
     host that computes ``int(x.shape[0] / ...)`` bakes the traced batch size
     in, and another batch size would run silently wrong): when it does not,
@@ -203,7 +217,7 @@ def trace(graph: nn.Module, inputs: torch.Tensor, path: str,
     notes on opsets and deprecation dropped, any other warning kept."""
     onnx = onnx_module()
     outputs = outputs or ['output']
-    axes = {n: {0: 'batch'} for n in ['input'] + outputs} if dynamic else None
+    axes = {n: {0: axis} for n in ['input'] + outputs} if dynamic else None
     with torch.no_grad(), prepare_export(graph), warnings.catch_warnings(
             record=True) as caught:
         warnings.simplefilter('always')
@@ -235,13 +249,15 @@ def trace(graph: nn.Module, inputs: torch.Tensor, path: str,
 
 def export_onnx(model: nn.Module, path: str, inputs: torch.Tensor,
                 form: str = 'runtime', opset: int = MIN_OPSET,
-                logger: Optional[Callable[[str], None]] = None) -> Dict:
+                logger: Optional[Callable[[str], None]] = None,
+                graph: Optional[Tuple[nn.Module, Outputs]] = None,
+                axis: str = 'batch') -> Dict:
     """Export ``model`` (a GPLQ wrapper) to ``path``.
 
     Args:
         model: :class:`~gplq_mm.models.GPLQModel`; what is exported is its
             :meth:`~gplq_mm.models.GPLQModel.deploy_graph` (a classifier's
-            logits, a detector's backbone features).
+            logits, a detector's trunk), or ``graph``.
         path: The ``.onnx`` file.
         inputs: An example input batch (preprocessed); the other axes stay
             as given. The batch axis is dynamic when onnxruntime then
@@ -249,6 +265,10 @@ def export_onnx(model: nn.Module, path: str, inputs: torch.Tensor,
             batch size is ``len(inputs)`` (mmpretrain's Swin).
         form: ``'runtime'`` (W4A4; see the module doc) or ``'fp32'``.
         opset: ONNX opset, >= 21.
+        graph: ``(module, output names)`` of ``model.student`` to export
+            instead (a detector's RoI heads, :mod:`.detector`); a single
+            name is numbered when the module returns several outputs.
+        axis: The name of the first, dynamic axis.
 
     Returns:
         dict: ``path``, ``bytes``, ``outputs`` (names), ``per_channel``
@@ -263,7 +283,7 @@ def export_onnx(model: nn.Module, path: str, inputs: torch.Tensor,
     if form not in FORMS:
         raise ValueError(f'form={form!r}: use one of {FORMS}')
     per_channel = [] if form == 'fp32' else check_exportable(model)
-    graph, name = model.deploy_graph()
+    graph, name = graph or model.deploy_graph()
     was_training = model.training
     model.eval()
     fp32 = dict(weight=False, act=False, qwt=False) if form == 'fp32' \
@@ -272,20 +292,19 @@ def export_onnx(model: nn.Module, path: str, inputs: torch.Tensor,
         with set_quant_state(model.student, **fp32):
             with torch.no_grad():
                 out = graph(inputs)
-            outputs = [name] if isinstance(out, torch.Tensor) else [
-                f'{name}{i}' for i in range(len(out))]
+            outputs = output_names(name, out)
             dynamic = trace(graph, inputs, path, outputs, opset,
-                            dynamic=True, logger=logger)
+                            dynamic=True, logger=logger, axis=axis)
             if not dynamic:
                 trace(graph, inputs, path, outputs, opset, dynamic=False)
     finally:
         model.train(was_training)
     if logger:
         logger(f'exported {form} ONNX (opset {opset}) to {path} '
-               f'({osp.getsize(path) / 2**20:.2f} MiB), batch size '
+               f'({osp.getsize(path) / 2**20:.2f} MiB), {axis} axis '
                + ('dynamic' if dynamic else
-                  f'{len(inputs)} (the host\'s forward turns the batch size '
-                  'into a constant when traced)'))
+                  f'{len(inputs)} (the host\'s forward turns the {axis} '
+                  'size into a constant when traced)'))
         if per_channel:
             logger(f'{len(per_channel)} quantized layers keep per-channel '
                    'input steps (paper-faithful GPLQ): exported as '
@@ -297,19 +316,22 @@ def export_onnx(model: nn.Module, path: str, inputs: torch.Tensor,
 
 def export_forms(model: nn.Module, out_dir: str, stem: str,
                  inputs: torch.Tensor, opset: int = MIN_OPSET,
-                 logger: Optional[Callable[[str], None]] = None) -> Dict:
-    """Export the FP32, runtime and storage forms of ``model`` to
-    ``out_dir`` as ``<stem>_fp32.onnx``, ``<stem>.onnx`` and
-    ``<stem>_int4.onnx``; returns their ``paths`` and ``bytes``, and the
-    runtime export's ``outputs``, ``per_channel`` and ``dynamic_batch``."""
+                 logger: Optional[Callable[[str], None]] = None,
+                 graph: Optional[Tuple[nn.Module, Outputs]] = None,
+                 axis: str = 'batch') -> Dict:
+    """Export the FP32, runtime and storage forms of ``model`` (or of
+    ``graph``, see :func:`export_onnx`) to ``out_dir`` as
+    ``<stem>_fp32.onnx``, ``<stem>.onnx`` and ``<stem>_int4.onnx``; returns
+    their ``paths`` and ``bytes``, and the runtime export's ``outputs``,
+    ``per_channel`` and ``dynamic_batch``."""
     from .storage import to_storage
     paths = dict(runtime=osp.join(out_dir, f'{stem}.onnx'),
                  storage=osp.join(out_dir, f'{stem}_int4.onnx'),
                  fp32=osp.join(out_dir, f'{stem}_fp32.onnx'))
     info = export_onnx(model, paths['runtime'], inputs, opset=opset,
-                       logger=logger)
+                       logger=logger, graph=graph, axis=axis)
     export_onnx(model, paths['fp32'], inputs, form='fp32', opset=opset,
-                logger=logger)
+                logger=logger, graph=graph, axis=axis)
     store = to_storage(paths['runtime'], paths['storage'])
     if logger:
         logger(f'storage model (INT4 weights, {store["packed"]} tensors '

@@ -9,12 +9,16 @@ from typing import Dict, Optional
 
 import numpy as np
 
-__all__ = ['INTEGER_KERNELS', 'session', 'kernel_ops', 'run_batched',
-           'latency']
+__all__ = ['INTEGER_KERNELS', 'FLOAT_KERNELS', 'session', 'node_threads',
+           'kernel_nodes', 'kernel_ops',
+           'run_batched', 'latency']
 
 # onnxruntime kernels that multiply integer codes.
 INTEGER_KERNELS = ('MatMulIntegerToFloat', 'QLinearMatMul', 'MatMulInteger',
                    'ConvInteger', 'QLinearConv', 'DynamicQuantizeMatMul')
+# onnxruntime kernels that multiply float operands
+FLOAT_KERNELS = ('MatMul', 'Gemm', 'FusedMatMul', 'FusedGemm', 'Conv',
+                 'FusedConv', 'ConvTranspose', 'NhwcFusedConv')
 
 
 def session(model, threads: Optional[int] = 2, profile: bool = False):
@@ -35,21 +39,38 @@ def session(model, threads: Optional[int] = 2, profile: bool = False):
                                 providers=['CPUExecutionProvider'])
 
 
-def kernel_ops(model, inputs: np.ndarray) -> Dict[str, int]:
-    """``{op type: nodes}`` of the kernels onnxruntime ran for ``model`` on
-    ``inputs``, read from its profile (after its graph optimizations)."""
+def node_threads(threads: Optional[int] = None) -> Optional[int]:
+    """``threads``; when None under a launcher, the node's cores shared
+    among its processes (``LOCAL_WORLD_SIZE``), so 8 ranks do not each
+    take them all; None (all cores) in one process."""
+    from mmengine.dist import get_world_size
+    if threads is None and get_world_size() > 1:
+        local = int(os.environ.get('LOCAL_WORLD_SIZE', get_world_size()))
+        threads = max(1, (os.cpu_count() or 1) // local)
+    return threads
+
+
+def kernel_nodes(model, inputs: np.ndarray) -> Dict[str, str]:
+    """``{node name: kernel op type}`` of what onnxruntime ran for ``model``
+    on ``inputs``, read from its profile (after its graph optimizations:
+    fused nodes carry the name of a node they replaced)."""
     sess = session(model, profile=True)
-    sess.run(None, {'input': inputs})
+    run_batched(sess, inputs)
     path = sess.end_profiling()
     try:
         with open(path) as f:
             events = json.load(f)
     finally:
         os.remove(path)
-    nodes = {e['name'][:-len('_kernel_time')]: e['args']['op_name']
-             for e in events if e.get('cat') == 'Node'
-             and e['name'].endswith('_kernel_time')}
-    return dict(collections.Counter(nodes.values()))
+    return {e['name'][:-len('_kernel_time')]: e['args']['op_name']
+            for e in events if e.get('cat') == 'Node'
+            and e['name'].endswith('_kernel_time')}
+
+
+def kernel_ops(model, inputs: np.ndarray) -> Dict[str, int]:
+    """``{op type: nodes}`` of the kernels onnxruntime ran for ``model`` on
+    ``inputs`` (:func:`kernel_nodes`)."""
+    return dict(collections.Counter(kernel_nodes(model, inputs).values()))
 
 
 def run_batched(sess, x: np.ndarray) -> list:

@@ -8,7 +8,7 @@ import numpy as np
 
 from .export import onnx_module
 
-__all__ = ['to_storage', 'load_storage']
+__all__ = ['to_storage', 'load_storage', 'open_model']
 
 _FP16 = '.fp16'  # suffix of the FP16 initializers of a float16 storage
 
@@ -94,4 +94,16 @@ def load_storage(path: str):
             keep.append(n)
     del g.node[:]
     g.node.extend(keep)
+    return proto
+
+
+def open_model(path: str):
+    """The runtime model of any exported file (an ``onnx.ModelProto``): a
+    storage model (INT4 initializers) through :func:`load_storage`, a
+    runtime or FP32 one as it is."""
+    onnx = onnx_module()
+    proto = onnx.load(path)
+    if any(t.data_type == onnx.TensorProto.INT4
+           for t in proto.graph.initializer):
+        return load_storage(path)
     return proto

@@ -1,25 +1,29 @@
-"""Does the exported model compute what the PyTorch model computes? Output
-parity, and per-quantizer integer-code agreement."""
+"""Does the exported model compute what the PyTorch model computes, and on
+which kernels? Output parity, per-quantizer integer-code agreement, the
+kernel audit, and the three together per graph (:func:`check_graph`)."""
 import collections
-from typing import Dict
+from typing import Dict, List
 
 import numpy as np
 import torch
 
 from ..quant import composed_paths, iter_quantizers
 from ..quant.functional import codes, patchify
+from ..quant.qdq import export_step
 from .session import run_batched, session
 
-__all__ = ['parity', 'code_agreement']
+__all__ = ['parity', 'code_agreement', 'kernel_audit', 'check_graph',
+           'QUANTIZED_ON_FLOAT']
 
 
 @torch.no_grad()
-def parity(model, sess, batches) -> Dict[str, float]:
-    """Compare ``model``'s :meth:`deploy_graph` (PyTorch) with ``sess`` on
-    ``batches`` (preprocessed image tensors): per output, the largest
+def parity(model, sess, batches, graph=None) -> Dict[str, float]:
+    """Compare ``model``'s :meth:`deploy_graph` (PyTorch; or ``graph``, a
+    module of ``model.student``) with ``sess`` on ``batches`` (its input
+    tensors: preprocessed images, RoI features): per output, the largest
     absolute difference and the relative L2 error; for one output (a
     classifier's logits), also the share of images whose argmax agrees."""
-    graph, _ = model.deploy_graph()
+    graph = graph or model.deploy_graph()[0]
     model.eval()
     stats = collections.defaultdict(float)
     images = 0
@@ -77,9 +81,11 @@ def _with_codes(path: str):
 
 
 def _codes(q, x: torch.Tensor) -> np.ndarray:
-    """``q``'s integer codes of ``x``."""
-    return codes(x, q.step.detach().to(x.dtype), q.qmin, q.qmax,
-                 q.axis).numpy()
+    """``q``'s integer codes of ``x`` (one step: any layout, e.g. a 1 x 1
+    conv's input exported as patches)."""
+    step = export_step(q.step).to(x.dtype)
+    return codes(x, step, q.qmin, q.qmax,
+                 q.axis if step.dim() else None).numpy()
 
 
 def _as_patches(c: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -90,7 +96,8 @@ def _as_patches(c: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def code_agreement(model, path: str, batches) -> Dict[str, list]:
+def code_agreement(model, path: str, batches,
+                   graph=None) -> Dict[str, list]:
     """Per activation quantizer, in call order: the share of elements whose
     integer code onnxruntime computes equal to PyTorch's,
 
@@ -99,11 +106,12 @@ def code_agreement(model, path: str, batches) -> Dict[str, list]:
     * ``end_to_end``: the PyTorch model's codes, where a code flipped by a
       float-rounding difference upstream changes the inputs downstream.
 
-    ``model`` is the exported GPLQ model, ``path`` its runtime ONNX file,
-    ``batches`` preprocessed image tensors."""
+    ``model`` is the exported GPLQ model, ``path`` its runtime ONNX file
+    (of :meth:`deploy_graph`, or of ``graph``, a module of
+    ``model.student``), ``batches`` the graph's input tensors."""
     proto, zeros = _with_codes(path)
     sess = session(proto, threads=None)
-    graph, _ = model.deploy_graph()
+    graph = graph or model.deploy_graph()[0]
     model.eval()
     counts = np.zeros((3, len(zeros)))  # same input, end to end, elements
     for x in batches:
@@ -132,3 +140,103 @@ def code_agreement(model, path: str, batches) -> Dict[str, list]:
             counts[2, i] += ort.size
     return dict(same_input=list(counts[0] / counts[2]),
                 end_to_end=list(counts[1] / counts[2]))
+
+
+def _module_of(node: str, modules: Dict) -> str:
+    """The module of an exported node, from its scoped name
+    (``/backbone/stages.0/.../MatMul_3``; fused nodes keep a name they
+    replaced): the longest scope prefix that names a module."""
+    parts = [p for p in node.split('/') if p]
+    for i in range(len(parts) - 1, 0, -1):
+        head, last = parts[:i - 1], parts[i - 1]
+        # a module called again is scoped 'name_1'
+        for name in ('.'.join(head + [last]),
+                     '.'.join(head + [last.rsplit('_', 1)[0]])):
+            if name in modules:
+                return name
+    return ''
+
+
+def _why_float(mod) -> str:
+    """Why a float matmul / conv kernel runs for module ``mod``; the text of
+    :data:`QUANTIZED_ON_FLOAT` for a layer that should not."""
+    import torch.nn as nn
+
+    from ..quant.layers import is_quant_layer
+    from ..quant.qdq import one_step
+    if is_quant_layer(mod):
+        q = mod.input_quantizer
+        if not mod.weight_quantizer.enabled:
+            return 'weights not quantized'
+        if not q.enabled:
+            return 'input not quantized'
+        if not one_step(q.step):
+            return 'per-channel input steps (paper-faithful mode)'
+        return QUANTIZED_ON_FLOAT
+    if isinstance(mod, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+        return f'not quantized ({type(mod).__name__})'
+    return f'activation x activation in {type(mod).__name__} (no weights)'
+
+
+QUANTIZED_ON_FLOAT = 'a quantized layer on a float kernel'
+
+
+def kernel_audit(model, path: str, inputs: torch.Tensor,
+                 graph=None) -> Dict:
+    """The kernels onnxruntime runs for the exported graph at ``path`` (of
+    ``model``'s :meth:`deploy_graph`, or of ``graph``) on ``inputs``:
+    ``integer`` and ``float`` (matmul / conv kernels) counts, ``ops``
+    (every op type), and ``float_nodes``: each float matmul / conv kernel
+    by node name with the module it computes and why it is float
+    (:data:`QUANTIZED_ON_FLOAT` marks a defect)."""
+    from .session import FLOAT_KERNELS, INTEGER_KERNELS, kernel_nodes
+    graph = graph or model.deploy_graph()[0]
+    modules = dict(graph.named_modules())
+    nodes = kernel_nodes(path, inputs.detach().float().numpy())
+    floats = []
+    for name, op in sorted(nodes.items()):
+        if op in FLOAT_KERNELS:
+            mod = _module_of(name, modules)
+            # a compensator runs in its block's forward hook, which the
+            # exporter scopes under the block's parent
+            why = 'QwT compensator (FP32 by design)' if any(
+                p.split('_')[0] == 'qwt' for p in name.split('/')) else \
+                _why_float(modules[mod])
+            floats.append(dict(node=name, op=op, module=mod, why=why))
+    return dict(
+        integer=sum(op in INTEGER_KERNELS for op in nodes.values()),
+        float=len(floats), ops=dict(collections.Counter(nodes.values())),
+        float_nodes=floats)
+
+
+def check_graph(model, paths: Dict[str, str], inputs: List[torch.Tensor],
+                graph=None, log=None, name: str = 'model') -> Dict:
+    """``tools/export.py --check`` for one exported graph (``paths``: its
+    forms' files; ``graph``: its module of ``model.student``, default
+    :meth:`deploy_graph`) on ``inputs`` (its input tensors, as PyTorch
+    computes them): ``parity`` of the storage file in onnxruntime with
+    PyTorch, ``codes`` (:func:`code_agreement` of the runtime file) and
+    ``kernels`` (:func:`kernel_audit`). With ``log``, one line each, and
+    each float kernel with why."""
+    from .storage import open_model
+    inputs = [x for x in inputs if len(x)]  # an image without proposals
+    out = dict(parity=parity(model, session(open_model(paths['storage']),
+                                            threads=None), inputs, graph))
+    agree = code_agreement(model, paths['runtime'], inputs, graph)
+    same, e2e = agree['same_input'], agree['end_to_end']
+    out['codes'] = dict(
+        quantizers=len(same),
+        same_input_min=float(min(same)) if same else None,
+        end_to_end_min=float(min(e2e)) if e2e else None,
+        end_to_end_mean=float(np.mean(e2e)) if e2e else None)
+    out['kernels'] = kernel_audit(model, paths['runtime'], inputs[0], graph)
+    if log:
+        k = out['kernels']
+        log(f'{name}: onnxruntime vs PyTorch {out["parity"]}')
+        log(f'{name}: integer codes equal to PyTorch\'s {out["codes"]}')
+        log(f'{name}: {k["integer"]} integer kernels, {k["float"]} float '
+            'matmul / conv kernels')
+        for f in k['float_nodes']:
+            log(f'{name}:   float {f["op"]} {f["node"]} ({f["module"]}): '
+                f'{f["why"]}')
+    return out

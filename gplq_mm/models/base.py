@@ -141,10 +141,10 @@ class GPLQModel(BaseModel):
     def loss(self, inputs: torch.Tensor, data_samples) -> Dict:
         raise NotImplementedError
 
-    def deploy_graph(self) -> Tuple[nn.Module, str]:
+    def deploy_graph(self) -> Tuple[nn.Module, Union[str, List[str]]]:
         """What :func:`gplq_mm.deploy.export_onnx` exports: a module taking
-        the preprocessed image batch, and the name of its output (numbered
-        when it returns several)."""
+        the preprocessed image batch, and the names of its outputs (one
+        name is numbered when it returns several)."""
         raise NotImplementedError
 
     def forward(self, inputs: torch.Tensor, data_samples=None,

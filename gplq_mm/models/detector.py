@@ -1,5 +1,5 @@
 """GPLQ for mmdet two-stage detectors (Mask R-CNN, Cascade Mask R-CNN)."""
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -61,10 +61,14 @@ class GPLQDetector(GPLQModel):
                     "dict(type='LoadAnnotations', with_bbox=True, "
                     'with_mask=True) on a dataset with segmentations')
 
-    def deploy_graph(self) -> Tuple[nn.Module, str]:
-        """The backbone, image batch -> feature maps (the RoI heads' RoIAlign
-        and NMS are not exported)."""
-        return self.student.backbone, 'feat'
+    def deploy_graph(self) -> Tuple[nn.Module, List[str]]:
+        """The trunk (:class:`~gplq_mm.deploy.det_export.Trunk`): image
+        batch -> FPN levels and the RPN head's outputs. The RoI heads export
+        as graphs of their own, and mmdet's code runs between them
+        (:func:`~gplq_mm.deploy.det_export.export_detector`)."""
+        from ..deploy.det_export import Trunk, trunk_outputs
+        levels = len(self.student.rpn_head.prior_generator.strides)
+        return Trunk(self.student), trunk_outputs(levels)
 
     def forward_all_sites(self, data: dict) -> None:
         """Backbone, neck and RPN head on the images; the RoI heads through

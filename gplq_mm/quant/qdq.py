@@ -131,6 +131,10 @@ def matmul(x: torch.Tensor, input_quantizer: nn.Module, integer: bool,
     steps the weight is dequantized by Cast and Mul: onnxruntime would
     otherwise fuse it into MatMulNBits, which quantizes the float input to
     int8 on its own (other values)."""
+    if x.dim() == 2:  # (RoIs, C): onnxruntime fuses a 2-D MatMul + Add
+        # into a float Gemm before its QDQ fusion; as (1, RoIs, C) it is not
+        return matmul(x[None], input_quantizer, integer, weight, w_step,
+                      w_range, bias)[0]
     w_codes = weight_codes(weight.t(), w_step, *w_range, axis=1)
     y = torch.matmul(input_quantizer(x), dequantize(
         w_codes, w_step.to(x.dtype), axis=1, op=integer))

@@ -257,12 +257,14 @@ def test_onnx_classifier_runs_a_fixed_batch_model_on_any_batch(tmp_path):
     assert [int(s.pred_label) for s in samples] == list(got.argmax(1))
 
 
-def test_detector_backbone_export_and_feature_parity(tmp_path):
+def test_detector_trunk_export_and_feature_parity(tmp_path):
     """A GPLQ Mask R-CNN (the demo architecture, random weights) exports its
-    Swin backbone; onnxruntime's feature maps are PyTorch's."""
+    trunk (Swin backbone, FPN, RPN head); onnxruntime's feature maps and RPN
+    outputs are PyTorch's."""
     from mmengine.config import Config
 
     from gplq_mm.deploy import parity
+    from gplq_mm.deploy.det_export import trunk_outputs
     from gplq_mm.quant import calibration
     cfg = Config.fromfile('configs/demo/mask-rcnn_swin-tiny_digits_fp.py')
     torch.manual_seed(0)
@@ -276,16 +278,16 @@ def test_detector_backbone_export_and_feature_parity(tmp_path):
             model.student.extract_feat(b['inputs'])
     model.set_stage(1)
     model.weight_ptq(batches)
-    path = str(tmp_path / 'backbone.onnx')
+    path = str(tmp_path / 'trunk.onnx')
     info = export_onnx(model, path, batches[0]['inputs'])
-    assert info['outputs'] == ['feat0', 'feat1', 'feat2']
+    assert info['outputs'] == trunk_outputs(5)
     assert not info['per_channel']
     assert not info['dynamic_batch']  # mmdet's Swin: fixed, 2 images
     # 3 images: a padded chunk, and window tensors with 64 rows per image
     report = parity(model, session(path), [_images(3, 9) * 2])
     assert report['images'] == 3
-    for level in range(3):
-        assert report[f'rel_l2[{level}]'] < 0.05, report
+    for i in range(15):
+        assert report[f'rel_l2[{i}]'] < 0.05, report
     x = _images(3, 9) * 2
     agree = code_agreement(model, path, [x])
     assert min(agree['same_input']) >= 0.9999, agree
