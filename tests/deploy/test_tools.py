@@ -78,3 +78,79 @@ def test_export_refuses_a_stage1_checkpoint_in_one_line(deploy_run):
     assert 'Traceback' not in proc.stderr
     assert not any(f.endswith('.onnx')
                    for f in os.listdir(osp.join(deploy_run, 'refused')))
+
+
+@pytest.fixture(scope='module')
+def det_deploy_run(digit_coco_root, det_fp_checkpoint, tmp_path_factory):
+    """A GPLQ W4A4 run of the demo detector, deployable, scope full."""
+    from tests.helpers import gplq_det_cfg
+    work = str(tmp_path_factory.mktemp('det_deploy'))
+    cfg = gplq_det_cfg(digit_coco_root, work, det_fp_checkpoint,
+                       scope='full')
+    cfg.model.method = 'gplq-deploy'
+    cfg.dump(osp.join(work, 'cfg.py'))
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    del runner
+    return work
+
+
+def _maps(path):
+    m = read_json(path)
+    return m['coco/bbox_mAP'], m['coco/segm_mAP']
+
+
+def test_detector_export_check_and_evaluation(det_deploy_run):
+    work = det_deploy_run
+    cfg, ckpt = osp.join(work, 'cfg.py'), osp.join(work,
+                                                   'gplq-deploy_w4a4.pth')
+    out = osp.join(work, 'onnx')
+    proc = _tool('tools/export.py', cfg, ckpt, '--out-dir', out, '--check',
+                 '4', '--cfg-options', 'log_level=INFO')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = read_json(osp.join(out, 'gplq-deploy_w4a4_export.json'))
+    assert set(summary['check']) == {'trunk_128x128', 'bbox0', 'mask0'}
+    for name, check in summary['check'].items():
+        assert check['kernels']['integer'] > 0, name
+        assert all(f['why'] != 'a quantized layer on a float kernel'
+                   for f in check['kernels']['float_nodes']), name
+        assert check['codes']['same_input_min'] >= 0.999, (name, check)
+    # each float kernel is logged with why
+    assert 'mask0:   float ConvTranspose /upsample/ConvTranspose' in (
+        proc.stdout + proc.stderr)
+    maps = {}
+    for name, args in (
+            ('torch', (cfg, ckpt)), ('onnx', (cfg, out)),
+            ('int4', (cfg, out, '--form', 'storage')),
+            ('onnx_fp32', (cfg, out, '--form', 'fp32')),
+            # the same checkpoint, every quantizer off
+            ('torch_fp32', (cfg, ckpt, '--cfg-options',
+                            'model.internal_fp32=True'))):
+        path = osp.join(out, f'{name}.json')
+        proc = _tool('tools/test.py', *args, '--out', path, '--work-dir',
+                     osp.join(out, name))
+        assert proc.returncode == 0, (name, proc.stderr[-3000:])
+        maps[name] = _maps(path)
+    assert maps['int4'] == maps['onnx']
+    assert maps['onnx_fp32'] == pytest.approx(maps['torch_fp32'], abs=1e-3)
+    assert maps['onnx'] == pytest.approx(maps['torch'], abs=0.03), maps
+
+
+def test_detector_export_refuses_bad_input_in_one_line(det_deploy_run):
+    work = det_deploy_run
+    cfg = osp.join(work, 'cfg.py')
+    for args, message in (
+            ((osp.join(work, 'gplq-deploy_stage1.pth'), ),
+             'Stage-1 checkpoint'),
+            ((osp.join(work, 'gplq-deploy_w4a4.pth'), '--shape', '64', '64',
+              '--shape', '64', '64'), 'canvases [(64, 64), (64, 64)]')):
+        proc = _tool('tools/export.py', cfg, *args, '--out-dir',
+                     osp.join(work, 'refused'))
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith('error: ') and message in last, last
+        assert 'Traceback' not in proc.stderr
+    proc = _tool('tools/test.py', cfg, osp.join(work, 'refused'))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        'error: ') and 'expected one *_detector.json' in proc.stderr
