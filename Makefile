@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gplq-env
 
-.PHONY: env lint test demo demo-det demo-export demo-transfer bench bench-speed \
+.PHONY: env lint test demo demo-det demo-export demo-export-det demo-transfer bench bench-speed \
 	bench-export bench-probe gpu-check clean
 
 $(STAMP): requirements.txt setup.py tools/setup_env.sh
@@ -27,6 +27,9 @@ demo-det: $(STAMP)
 
 demo-export: $(STAMP)
 	$(PY) tools/demo_export.py
+
+demo-export-det: $(STAMP)
+	$(PY) tools/demo_export_det.py
 
 # what the quantized backbone still knows, on unseen classes (docs/transfer.md)
 demo-transfer: $(STAMP)

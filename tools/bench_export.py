@@ -4,11 +4,17 @@ built from the shipped configs with random weights (no download; size and
 speed do not depend on the values).
 
     python tools/bench_export.py [--threads 2] [--configs ...]
+                                 [--detector CONFIG] [--det-images 3]
 
 For each model: the FP32, runtime and storage (lossless, and with FP16
 float matrices) file sizes, and the median latency at batch 1 and 16
 (FP32 and W4A4 sessions alternating in one process), with the integer and
-float matmul kernels onnxruntime ran. Writes work_dirs/bench/export/results.*
+float matmul kernels onnxruntime ran. Then the detector (Mask R-CNN Swin-T,
+scope full, deployable; ``--detector ''`` skips it) exported as graphs at
+its test canvas (800 x 1344): file sizes, and each part's latency per
+image (trunk, glue in mmdet, box head, mask head, mask RoIAlign + paste)
+with FP32 and W4A4 graphs alternating. Writes
+work_dirs/bench/export/results.*
 """
 import argparse
 import os
@@ -20,13 +26,61 @@ from gplq_mm.demo.runs import ROOT, write_results
 
 CONFIGS = ('configs/gplq/gplq_deit-s-distilled_8xb16_w4a4_in1k.py',
            'configs/gplq/gplq_swin-t_8xb16_w4a4_in1k.py')
+DETECTOR = ('configs/gplq_det/'
+            'gplq_mask-rcnn_swin-t-p4-w7_fpn_1x_coco_w4a4_full.py')
+
+
+def detector_rows(config, out, threads, images):
+    """The detector's table rows and its results."""
+    import collections
+
+    from gplq_mm.bench.export import detector_speed, detector_stand_in
+    from gplq_mm.deploy import export_detector
+    from gplq_mm.deploy.det_export import (
+        detector_graphs,
+        graph_inputs,
+    )
+    from gplq_mm.deploy.verify import kernel_audit
+    model, batches, cfg = detector_stand_in(config, images=images)
+    name = osp.basename(config).split('_fpn')[0].replace('gplq_', '')
+    manifest = export_detector(model, out, name, [batches[0]['inputs']],
+                               logger=print)
+    graphs = manifest['trunk'] + manifest['roi']
+    size = {f: sum(g['bytes'][f] for g in graphs)
+            for f in ('fp32', 'runtime', 'storage')}
+    inputs = graph_inputs(model, manifest, [b['inputs'] for b in batches])
+    modules = dict(detector_graphs(model))
+    kernels = collections.Counter()
+    for g in graphs:
+        k = kernel_audit(model, osp.join(out, g['files']['runtime']),
+                         inputs[g['name']][0],
+                         modules[g['name'].split('_')[0]])
+        kernels.update(integer=k['integer'], float=k['float'])
+    speed = detector_speed(cfg, out, batches, threads=threads)
+    fp, q = speed['fp32'], speed['runtime']
+    lines = ['', f'{name}, scope full, deployable, random weights, canvas '
+             f'{manifest["trunk"][0]["canvas"]}, {images} images, onnxruntime '
+             f'CPU, {threads} threads; files FP32 {size["fp32"] / 2**20:.1f} '
+             f'MiB, runtime {size["runtime"] / size["fp32"]:.3f}x, storage '
+             f'{size["storage"] / size["fp32"]:.3f}x; {kernels["integer"]} '
+             f'integer / {kernels["float"]} float matmul / conv kernels', '',
+             '| part | FP32 ms / image | W4A4 ms / image | ratio |',
+             '|---|---|---|---|']
+    for part in ('trunk', 'glue', 'bbox', 'mask', 'paste', 'total'):
+        lines.append(f'| {part} | {1e3 * fp[part]:.1f} | '
+                     f'{1e3 * q[part]:.1f} | '
+                     f'{q[part] / max(fp[part], 1e-12):.2f}x |')
+    return lines, dict(model=name, bytes=size, speed=speed,
+                       kernels=dict(kernels))
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--configs', nargs='+', default=list(CONFIGS))
+    p.add_argument('--configs', nargs='*', default=list(CONFIGS))
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--out', default='work_dirs/bench/export')
+    p.add_argument('--detector', default=DETECTOR)
+    p.add_argument('--det-images', type=int, default=3)
     args = p.parse_args()
     os.chdir(ROOT)
     os.makedirs(args.out, exist_ok=True)
@@ -70,6 +124,11 @@ def main():
                 f'{1e3 * lat["fp32"]:.1f} | {1e3 * lat["runtime"]:.1f} | '
                 f'{s["ratio"]:.2f}x | {s["integer_kernels"]} / '
                 f'{s["float_matmuls"]} |')
+    if args.detector:
+        more, row = detector_rows(args.detector, args.out, args.threads,
+                                  args.det_images)
+        lines += more
+        rows.append(row)
     write_results(args.out, lines, rows)
 
 

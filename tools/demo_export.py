@@ -70,7 +70,8 @@ def main():
             (batch, *shape)).astype(np.float32)
         speeds[batch] = speed(f'{stem}_fp32.onnx', f'{stem}.onnx', x,
                               threads=args.threads)
-    parity, codes, size = summary['parity'], summary['codes'], summary['bytes']
+    check, size = summary['check']['model'], summary['bytes']
+    parity, codes = check['parity'], check['codes']
     mib = {k: v / 2**20 for k, v in size.items()}
     lines = [
         f'Demo ViT (digits, {n_val} val images, 1 image = '

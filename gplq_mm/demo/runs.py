@@ -64,8 +64,9 @@ def train(work: str, cfg: str, fp_ckpt: str, final: str,
 def evaluate(out: str, name: str, cfg: str, ckpt: str,
              options: Sequence[str] = (),
              metrics: Optional[Sequence[str]] = None,
-             reuse: bool = False) -> Dict[str, float]:
-    """``tools/test.py cfg ckpt`` with ``--cfg-options``, its metrics
+             reuse: bool = False,
+             args: Sequence[str] = ()) -> Dict[str, float]:
+    """``tools/test.py cfg ckpt *args`` with ``--cfg-options``, its metrics
     written to ``out/eval_<name>.json`` (reused when ``reuse`` and
     present); returns them (``metrics`` only, when given), with the wall
     time and peak RSS of the process as ``test_s`` / ``test_peak_rss_mb``
@@ -74,7 +75,7 @@ def evaluate(out: str, name: str, cfg: str, ckpt: str,
     cost = {}
     if not (reuse and osp.isfile(path)):
         wall, rss = run(f'test {name}', [
-            'tools/test.py', cfg, ckpt, '--out', path, '--work-dir',
+            'tools/test.py', cfg, ckpt, *args, '--out', path, '--work-dir',
             f'{out}/test_{name}'] + (
                 ['--cfg-options', *options] if options else []))
         cost = dict(test_s=wall, test_peak_rss_mb=rss)

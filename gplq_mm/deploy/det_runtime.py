@@ -14,7 +14,9 @@ subclasses (HTC, SCNet, ...) override to change how heads are called. The
 two classes below do the same, and only that; nothing else of mmdet's is
 replaced.
 """
+import collections
 import os.path as osp
+import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -41,25 +43,40 @@ __all__ = ['ONNXDetector', 'ONNXStandardRoIHead', 'ONNXCascadeRoIHead',
 class Graph:
     """One exported graph in an onnxruntime session: tensors in, tensors
     out (any first-axis size; a graph traced with a fixed batch runs in
-    chunks, :func:`run_batched`)."""
+    chunks, :func:`run_batched`). Its wall time adds up in
+    ``timing[kind]``."""
 
-    def __init__(self, path: str, threads: Optional[int] = None):
-        self.path = path
+    def __init__(self, path: str, threads: Optional[int], kind: str,
+                 timing: Dict[str, float]):
+        self.path, self.kind, self.timing = path, kind, timing
         self.session = session(open_model(path), threads)
-        self.outputs = [o.name for o in self.session.get_outputs()]
-        self.input_shape = self.session.get_inputs()[0].shape
 
     def __call__(self, x: torch.Tensor) -> List[torch.Tensor]:
+        t0 = time.perf_counter()
         outs = run_batched(self.session,
                            np.ascontiguousarray(x.detach().float().numpy()))
+        self.timing[self.kind] += time.perf_counter() - t0
         return [torch.from_numpy(o) for o in outs]
 
 
 class _Graphs:
-    """Set on an ONNX RoI head: its stages' box and mask graphs."""
+    """Set on an ONNX RoI head: its stages' box and mask graphs, and the
+    detector's timing."""
 
-    def __init__(self, bbox: List[Graph], mask: List[Graph]):
-        self.bbox, self.mask = bbox, mask
+    def __init__(self, bbox: List[Graph], mask: List[Graph],
+                 timing: Dict[str, float]):
+        self.bbox, self.mask, self.timing = bbox, mask, timing
+
+
+def _timed_mask_stage(predict_mask):
+    """``predict_mask`` of an ONNX RoI head, its wall time (mask RoIAlign,
+    the graphs, the paste) added to ``timing['mask_stage']``."""
+    def fn(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = predict_mask(self, *args, **kwargs)
+        self.graphs.timing['mask_stage'] += time.perf_counter() - t0
+        return out
+    return fn
 
 
 def _box(graph: Graph, feats: torch.Tensor) -> Dict:
@@ -86,6 +103,8 @@ class ONNXStandardRoIHead(StandardRoIHead):
         return dict(mask_preds=self.graphs.mask[0](feats)[0],
                     mask_feats=feats)
 
+    predict_mask = _timed_mask_stage(StandardRoIHead.predict_mask)
+
 
 @MODELS.register_module()
 class ONNXCascadeRoIHead(CascadeRoIHead):
@@ -101,6 +120,8 @@ class ONNXCascadeRoIHead(CascadeRoIHead):
         ext = self.mask_roi_extractor[stage]
         feats = ext(x[:ext.num_inputs], rois)
         return dict(mask_preds=self.graphs.mask[stage](feats)[0])
+
+    predict_mask = _timed_mask_stage(CascadeRoIHead.predict_mask)
 
 
 @MODELS.register_module()
@@ -136,15 +157,20 @@ class ONNXDetector(BaseModel):
         # Not a submodule: no state to save or sync, post-processing only.
         object.__setattr__(self, 'host', host)
         threads = node_threads(threads)
+        self.timing = collections.defaultdict(float)
+
+        def graph(g, kind):
+            return Graph(osp.join(root, g['files'][form]), threads, kind,
+                         self.timing)
+
         self.trunks = sorted(
-            ((tuple(g['canvas']), Graph(osp.join(root, g['files'][form]),
-                                        threads)) for g in m['trunk']),
+            ((tuple(g['canvas']), graph(g, 'trunk')) for g in m['trunk']),
             key=lambda t: t[0][0] * t[0][1])
-        roi = {g['name']: Graph(osp.join(root, g['files'][form]), threads)
+        roi = {g['name']: graph(g, g['name'].rstrip('0123456789'))
                for g in m['roi']}
         host.roi_head.graphs = _Graphs(
             *([roi[k] for k in sorted(roi) if k.startswith(kind)]
-              for kind in ('bbox', 'mask')))
+              for kind in ('bbox', 'mask')), self.timing)
         self.levels = m['architecture']['levels']
         self.form = form
 
@@ -177,11 +203,33 @@ class ONNXDetector(BaseModel):
                              f"'predict'), got mode={mode!r}")
         return self.predict(inputs, data_samples)
 
+    def parts(self) -> Dict[str, float]:
+        """Wall seconds per image of each part since the last call (then
+        reset): ``trunk``, ``bbox`` and ``mask`` (the graphs), ``paste``
+        (the mask stage around its graphs: mask RoIAlign, paste), ``glue``
+        (the rest: anchors, proposal decoding and NMS, box RoIAlign and
+        decoding, pre- and post-processing here) and ``total``."""
+        t = dict(self.timing)
+        self.timing.clear()
+        n = max(t.pop('images', 0), 1)
+        parts = {k: t.get(k, 0.) for k in ('trunk', 'bbox', 'mask')}
+        parts['paste'] = t.get('mask_stage', 0.) - parts['mask']
+        parts['glue'] = t.get('total', 0.) - sum(parts.values())
+        parts['total'] = t.get('total', 0.)
+        return {k: v / n for k, v in parts.items()}
+
     @torch.no_grad()
     def predict(self, inputs: torch.Tensor, data_samples):
         """As mmdet's ``TwoStageDetector.predict``, the trunk's graph in
         place of the backbone, neck and RPN head's forward, the RoI heads'
         graphs in place of theirs."""
+        t0 = time.perf_counter()
+        results = self._predict(inputs, data_samples)
+        self.timing['total'] += time.perf_counter() - t0
+        self.timing['images'] += len(inputs)
+        return results
+
+    def _predict(self, inputs: torch.Tensor, data_samples):
         feats, scores, deltas, canvas = self.trunk(inputs)
         for s in data_samples:  # what the trunk saw
             s.set_metainfo(dict(batch_input_shape=canvas))

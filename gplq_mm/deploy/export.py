@@ -111,7 +111,7 @@ def fold_constants(proto) -> int:
     (evaluated with onnx's reference implementation), up to the 8-bit
     codes: the weight codes become int8 initializers, named
     ``<layer scope>/weight_codes``, and what reads them (DequantizeLinear,
-    Cast, ConvInteger) stays.
+    Cast) stays.
     Returns the number of nodes folded."""
     onnx = onnx_module()
     from onnx import numpy_helper
@@ -143,8 +143,8 @@ def fold_constants(proto) -> int:
     # the weight codes by their layer's name: '<scope>/weight_codes'
     names = {}
     for node in keep:
-        if node.op_type in ('DequantizeLinear', 'Cast', 'ConvInteger'):
-            i = 1 if node.op_type == 'ConvInteger' else 0
+        if node.op_type in ('DequantizeLinear', 'Cast'):
+            i = 0
             a = consts.get(node.input[i])
             if a is not None and a.dtype == np.int8 and a.ndim > 1:
                 if node.input[i] not in names:  # unique, scopes may repeat

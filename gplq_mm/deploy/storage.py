@@ -15,7 +15,7 @@ _FP16 = '.fp16'  # suffix of the FP16 initializers of a float16 storage
 
 def _weight_codes(proto) -> List[str]:
     """Names of the int8 weight-code initializers whose every reader takes
-    INT4 too (DequantizeLinear, Cast; ConvInteger does not)."""
+    INT4 too (DequantizeLinear, Cast)."""
     readers = {}
     for n in proto.graph.node:
         for i in n.input:
@@ -28,8 +28,8 @@ def _weight_codes(proto) -> List[str]:
 
 def to_storage(runtime_path: str, path: str, float16: bool = False) -> Dict:
     """Write the storage form of a runtime model: the weight-code
-    initializers as INT4, two codes per byte (those of a ConvInteger, which
-    takes 8-bit codes only, and codes outside [-8, 7] stay int8). Lossless:
+    initializers as INT4, two codes per byte (codes outside [-8, 7] stay
+    int8). Lossless:
     :func:`load_storage` gives back the runtime model.
 
     With ``float16``, the float matrices (two or more axes longer than 1:

@@ -13,7 +13,7 @@ from ..quant.qdq import export_step
 from .session import run_batched, session
 
 __all__ = ['parity', 'code_agreement', 'kernel_audit', 'check_graph',
-           'QUANTIZED_ON_FLOAT']
+           'QUANTIZED_ON_FLOAT', 'NOT_REQUANTIZED']
 
 
 @torch.no_grad()
@@ -57,14 +57,18 @@ def parity(model, sess, batches, graph=None) -> Dict[str, float]:
 
 def _with_codes(path: str):
     """The model at ``path`` with the input (before its clamp) and the
-    output of every QuantizeLinear also graph outputs, in graph (= call)
-    order, and each one's zero point."""
+    codes (after it) of every QuantizeLinear also graph outputs, in graph
+    (= call) order, and each one's zero point."""
     import onnx
     from onnx import numpy_helper
     proto = onnx.load(path)
     consts = {t.name: numpy_helper.to_array(t)
               for t in proto.graph.initializer}
     producer = {o: n for n in proto.graph.node for o in n.output}
+    consumers = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
     names, zeros = [], []
     for n in proto.graph.node:
         if n.op_type != 'QuantizeLinear':
@@ -72,7 +76,11 @@ def _with_codes(path: str):
         x = n.input[0]
         while x in producer and producer[x].op_type in ('Clip', 'Min', 'Max'):
             x = producer[x].input[0]
-        names += [x, n.output[0]]
+        codes = n.output[0]
+        clips = [c for c in consumers.get(codes, ()) if c.op_type == 'Clip']
+        if clips:  # one step: the b-bit range clipped on the codes
+            codes = clips[0].output[0]
+        names += [x, codes]
         # one zero point per node (per-channel ones are all 0)
         zeros.append(float(consts[n.input[2]].reshape(-1)[0]))
     proto.graph.output.extend(
@@ -181,6 +189,30 @@ def _why_float(mod) -> str:
 QUANTIZED_ON_FLOAT = 'a quantized layer on a float kernel'
 
 
+NOT_REQUANTIZED = ('output not requantized (QLinearConv needs one '
+                   'QuantizeLinear after the conv; ConvInteger runs ~10x '
+                   'slower than the float Conv of the same values)')
+
+
+def _requantized(proto) -> Dict[str, bool]:
+    """``{Conv node name: whether its output (through a Relu) goes to one
+    QuantizeLinear and nothing else}`` of an exported graph: where
+    onnxruntime can run it as QLinearConv."""
+    consumers = collections.defaultdict(list)
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    out = {}
+    for n in proto.graph.node:
+        if n.op_type == 'Conv':
+            after = consumers[n.output[0]]
+            if len(after) == 1 and after[0].op_type == 'Relu':
+                after = consumers[after[0].output[0]]
+            out[n.name] = (len(after) == 1
+                           and after[0].op_type == 'QuantizeLinear')
+    return out
+
+
 def kernel_audit(model, path: str, inputs: torch.Tensor,
                  graph=None) -> Dict:
     """The kernels onnxruntime runs for the exported graph at ``path`` (of
@@ -188,20 +220,26 @@ def kernel_audit(model, path: str, inputs: torch.Tensor,
     ``integer`` and ``float`` (matmul / conv kernels) counts, ``ops``
     (every op type), and ``float_nodes``: each float matmul / conv kernel
     by node name with the module it computes and why it is float
-    (:data:`QUANTIZED_ON_FLOAT` marks a defect)."""
+    (:data:`QUANTIZED_ON_FLOAT` marks a defect; :data:`NOT_REQUANTIZED` a
+    conv that onnxruntime has no fast integer kernel for)."""
     from .session import FLOAT_KERNELS, INTEGER_KERNELS, kernel_nodes
     graph = graph or model.deploy_graph()[0]
     modules = dict(graph.named_modules())
+    import onnx
     nodes = kernel_nodes(path, inputs.detach().float().numpy())
+    requantized = _requantized(onnx.load(path))
     floats = []
     for name, op in sorted(nodes.items()):
         if op in FLOAT_KERNELS:
             mod = _module_of(name, modules)
-            # a compensator runs in its block's forward hook, which the
-            # exporter scopes under the block's parent
-            why = 'QwT compensator (FP32 by design)' if any(
-                p.split('_')[0] == 'qwt' for p in name.split('/')) else \
-                _why_float(modules[mod])
+            why = _why_float(modules[mod])
+            if any(p.split('_')[0] == 'qwt' for p in name.split('/')):
+                # a compensator runs in its block's forward hook, which the
+                # exporter scopes under the block's parent
+                why = 'QwT compensator (FP32 by design)'
+            elif why == QUANTIZED_ON_FLOAT and not requantized.get(
+                    name, True):
+                why = NOT_REQUANTIZED
             floats.append(dict(node=name, op=op, module=mod, why=why))
     return dict(
         integer=sum(op in INTEGER_KERNELS for op in nodes.values()),

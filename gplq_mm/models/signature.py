@@ -19,7 +19,12 @@ def signature(method: str, quant_cfg) -> dict:
                 patch_embed_bits=qc.patch_embed_bits,
                 act_granularity=qc.act_granularity,
                 attn_granularity=qc.attn_granularity,
-                softmax_grid=qc.softmax_grid, deployable=qc.deployable)
+                softmax_grid=qc.softmax_grid, deployable=qc.deployable,
+                relu_inputs='unsigned' if qc.deployable else 'signed')
+
+
+# what a signature key meant in checkpoints written before it existed
+_BEFORE = dict(relu_inputs='signed')
 
 
 def saved_signature(checkpoint: dict) -> Optional[dict]:
@@ -38,6 +43,7 @@ def check_checkpoint(model: nn.Module, checkpoint: dict,
     saved = saved_signature(checkpoint)
     if saved is not None:
         mine = model.signature()
+        saved = {**{k: v for k, v in _BEFORE.items() if k in mine}, **saved}
         diff = {k: (v, mine.get(k)) for k, v in saved.items()
                 if mine.get(k) != v}
         if diff:

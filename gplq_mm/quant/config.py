@@ -124,20 +124,26 @@ class QuantConfig:
         return cls(**cfg)
 
     def quantizer_cfgs(self, patch_embed: bool = False,
-                       folds: bool = False) -> dict:
-        """Quantizer configs of a layer (``folds``: a LayerNorm alone feeds
-        it, see ``deployable``)."""
+                       folds: bool = False, after_relu: bool = False) -> dict:
+        """Quantizer configs of a layer (``folds``: a single producer feeds
+        it, see ``deployable``; ``after_relu``: through a ReLU, so in
+        deployable mode its input grid is unsigned, ``[0, 2^b - 1]``: the
+        whole grid for the non-negative values, and the zero point 0 with
+        which onnxruntime drops the ReLU and fuses the producing conv and
+        this quantizer into QLinearConv)."""
         attn_bits = self.attn_bits or self.a_bits
         head = 'tensor' if self.attn_granularity == 'tensor' else 'channel'
         act = self.act_granularity
+        signed = True
         if self.deployable:
             head = 'tensor'
+            signed = not after_relu
             if patch_embed or not folds:
                 act = 'tensor'
         return dict(
             act=dict(
                 bits=self.patch_embed_bits if patch_embed else self.a_bits,
-                granularity=act, init=self.act_init,
+                granularity=act, init=self.act_init, signed=signed,
                 percentile=self.percentile, learnable=self.act_learnable),
             weight=dict(bits=self.w_bits, learnable=self.weight_learnable),
             attn=dict(bits=attn_bits, granularity=head, init=self.attn_init,

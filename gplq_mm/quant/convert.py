@@ -49,7 +49,12 @@ def convert(model: nn.Module,
             raise ValueError(
                 f'QuantConfig.include pattern {pat!r} matches no module; '
                 f'module names look like {names[:5]}')
-    folded = {lin for _, lin in fold_pairs(model)}
+    pairs = fold_pairs(model)
+    folded = {lin for _, lin in pairs}
+    # a producer other than a LayerNorm reaches its layer through a ReLU
+    # (HostSpec.folds)
+    after_relu = {lin for src, lin in pairs if not isinstance(
+        model.get_submodule(src), nn.LayerNorm)}
     for name, mod in list(model.named_modules()):
         if (_in_scope(name, cfg) and not is_quant_layer(mod)
                 and not isinstance(mod, FakeQuantizer)):
@@ -67,7 +72,8 @@ def convert(model: nn.Module,
             if not _in_scope(full, cfg) or is_quant_layer(child):
                 continue
             pe = _matches(full, cfg.patch_embed_patterns)
-            cfgs = cfg.quantizer_cfgs(patch_embed=pe, folds=full in folded)
+            cfgs = cfg.quantizer_cfgs(patch_embed=pe, folds=full in folded,
+                                      after_relu=full in after_relu)
             if isinstance(child, nn.Linear):
                 new = QuantLinear.from_float(child, cfgs['act'],
                                              cfgs['weight'])

@@ -96,22 +96,24 @@ class ExportQKV(ExportLinear):
 
 class ExportConv2d(nn.Conv2d):
     """A weight-quantized :class:`QuantConv2d` as :func:`qdq.conv2d` (a
-    patch embedding as a matmul over patches, ConvInteger, or a float conv
-    of the dequantized operands): its geometry, its float Parameters."""
+    patch embedding as a matmul over patches, or a conv of the dequantized
+    operands): its geometry, its float Parameters."""
 
     def __init__(self, layer: QuantConv2d, export_of: ExportOf):
         super().__init__(*layer.conv_args(), device='meta')
-        self.weight, self.bias = layer.weight, layer.bias
+        self.weight = layer.weight
+        bias = layer.integer_bias()  # the export is in eval mode
+        self.bias = None if bias is None else nn.Parameter(
+            bias.detach(), requires_grad=False)
         self.input_quantizer = export_of(layer.input_quantizer)
         self.input_step = _input_step(layer.input_quantizer)
         wq = layer.weight_quantizer
         self.register_buffer('weight_step', wq.step.detach().clone())
         self.w_range = (wq.qmin, wq.qmax)
-        self.signed = layer.input_quantizer.signed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return qdq.conv2d(self, x, self.input_quantizer, self.input_step,
-                          self.weight_step, self.w_range, self.signed)
+                          self.weight_step, self.w_range)
 
 
 class ExportSDPA(nn.Module):

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .fused import lsq_fake_quant, lsq_linear
+from .qdq import is_patchify, one_step
 from .quantizer import FakeQuantizer
 
 __all__ = ['QuantLinear', 'QuantConv2d', 'QuantQKV', 'act_quantizer',
@@ -127,10 +128,23 @@ class QuantConv2d(nn.Conv2d):
         return _take_parameters(
             self.float_cls(*self.conv_args(), device='meta'), self)
 
+    def integer_bias(self) -> Optional[torch.Tensor]:
+        """The bias as an integer convolution adds it: in eval mode, with
+        quantized weights and one input step (deployable mode), rounded to
+        the grid of the int32 accumulator, ``s_x * s_w`` per output channel,
+        as onnxruntime's QLinearConv takes it (a patch embedding, which
+        exports as a matmul with a float bias, keeps its bias)."""
+        iq, wq, b = self.input_quantizer, self.weight_quantizer, self.bias
+        if (b is None or self.training or not wq.enabled or not iq.enabled
+                or is_patchify(self) or not one_step(iq.step)):
+            return b
+        acc = iq.step.reshape(-1)[0] * wq.step.reshape(-1)
+        return torch.round(b / acc) * acc
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(
             self.input_quantizer(x), self.weight_quantizer(self.weight),
-            self.bias)
+            self.integer_bias())
 
 
 class QuantQKV(QuantLinear):

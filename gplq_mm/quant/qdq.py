@@ -6,11 +6,10 @@ In PyTorch they compute exactly
 :func:`~gplq_mm.quant.functional.fake_quant`; their ``symbolic`` writes the
 same arithmetic as ONNX operators:
 
-* an activation with one step (all steps equal): ``Clip`` to the grid's
-  range, ``QuantizeLinear`` to uint8 codes (zero point 128 for a signed
-  grid, 0 for an unsigned one), ``DequantizeLinear``: the form integer
-  kernels take. Codes of ``b <= 8`` bits fit 8 bits; the clip keeps them
-  on the ``b``-bit grid. With one step per channel along ``axis``: ``Min``
+* an activation with one step (all steps equal): ``QuantizeLinear`` to
+  uint8 codes (zero point 128 for a signed grid, 0 for an unsigned one),
+  ``Clip`` of the codes to the ``b``-bit grid, ``DequantizeLinear``: the
+  form integer kernels take. With one step per channel along ``axis``: ``Min``
   / ``Max``, per-axis ``QuantizeLinear`` to int8 / uint8 codes (zero point
   0), ``Cast`` and ``Mul`` (float kernels, the same values).
 * a weight: its integer codes (computed here, constant-folded into an int8
@@ -38,18 +37,25 @@ class _QDQ(torch.autograd.Function):
     @staticmethod
     def symbolic(g, x, step, step_b, qmin, qmax, axis, signed):
         per_tensor = step_b is step
+        if per_tensor:
+            # uint8 codes, signed ones offset by a zero point of 128: the
+            # form onnxruntime's x86 integer kernels take (its int8
+            # activation paths fail to load in 1.32 after transposes). The
+            # b-bit range is clipped on the codes, after QuantizeLinear (the
+            # same codes): a float Clip before it would stand between a
+            # Conv and its QuantizeLinear, which onnxruntime then cannot
+            # fuse into QLinearConv.
+            z = 128 if signed else 0
+            zero = g.op('Constant', value_t=torch.tensor(z,
+                                                         dtype=torch.uint8))
+            lo, hi = (g.op('Constant', value_t=torch.tensor(
+                v + z, dtype=torch.uint8)) for v in (qmin, qmax))
+            q = g.op('Clip', g.op('QuantizeLinear', x, step, zero), lo, hi)
+            return g.op('DequantizeLinear', q, step, zero)
         lo = g.op('Mul', step_b, g.op('Constant',
                                       value_t=torch.tensor(float(qmin))))
         hi = g.op('Mul', step_b, g.op('Constant',
                                       value_t=torch.tensor(float(qmax))))
-        if per_tensor:
-            # uint8 codes, signed ones offset by a zero point of 128: the
-            # form onnxruntime's x86 integer kernels take (its int8
-            # activation paths fail to load in 1.32 after transposes).
-            zero = g.op('Constant', value_t=torch.tensor(
-                128 if signed else 0, dtype=torch.uint8))
-            q = g.op('QuantizeLinear', g.op('Clip', x, lo, hi), step, zero)
-            return g.op('DequantizeLinear', q, step, zero)
         dtype = torch.int8 if signed else torch.uint8
         # Per channel (Clip takes scalars only). Dequantized as Cast * step:
         # onnxruntime 1.32 fuses a per-axis DequantizeLinear feeding a
@@ -143,34 +149,6 @@ def matmul(x: torch.Tensor, input_quantizer: nn.Module, integer: bool,
     return y
 
 
-class _ConvInteger(torch.autograd.Function):
-    """A per-tensor-quantized input convolved with int8 weight codes:
-    ``conv(q(x), codes) * (s_x * s_w) + bias``."""
-
-    @staticmethod
-    def forward(ctx, x, step, w_codes, scale_b, bias_b, qmin, qmax, signed,
-                conv_args):
-        y = torch.nn.functional.conv2d(codes(x, step, qmin, qmax),
-                                       w_codes.to(x.dtype), None,
-                                       *conv_args)
-        return y * scale_b + bias_b
-
-    @staticmethod
-    def symbolic(g, x, step, w_codes, scale_b, bias_b, qmin, qmax, signed,
-                 conv_args):
-        stride, padding, dilation, groups = conv_args
-        lo, hi = (g.op('Mul', step, g.op('Constant', value_t=torch.tensor(
-            float(v)))) for v in (qmin, qmax))
-        zero = g.op('Constant', value_t=torch.zeros(
-            (), dtype=torch.int8 if signed else torch.uint8))
-        q = g.op('QuantizeLinear', g.op('Clip', x, lo, hi), step, zero)
-        y = g.op('ConvInteger', q, w_codes, strides_i=list(stride),
-                 pads_i=list(padding) * 2, dilations_i=list(dilation),
-                 group_i=groups)
-        return g.op('Add', g.op('Mul', g.op('Cast', y, to_i=1), scale_b),
-                    bias_b)
-
-
 def is_patchify(conv: nn.Conv2d) -> bool:
     """Non-overlapping patches (a patch embedding): kernel = stride, no
     padding, dilation or groups."""
@@ -182,17 +160,19 @@ def is_patchify(conv: nn.Conv2d) -> bool:
 
 def conv2d(conv: nn.Conv2d, x: torch.Tensor, input_quantizer: nn.Module,
            input_step: Optional[torch.Tensor], w_step: torch.Tensor,
-           w_range: Tuple[int, int], signed: bool) -> torch.Tensor:
+           w_range: Tuple[int, int]) -> torch.Tensor:
     """The quantized forward of ``conv`` (its geometry, weight and bias),
     its input quantized by ``input_quantizer`` with the :func:`export_step`
     ``input_step`` (None: not quantized). With one input step: a patch
-    embedding as :func:`matmul` on the flattened patches
-    (:func:`~gplq_mm.quant.functional.patchify`; onnxruntime runs
-    MatMulIntegerToFloat faster than ConvInteger); another zero-padded conv
-    as ``QuantizeLinear`` and ``ConvInteger`` on the int8 weight codes, then
-    the scales (onnxruntime runs a DequantizeLinear -> Conv with no
-    quantized output in float). Else the float ``Conv`` of the dequantized
-    input and codes (Cast and Mul, as :func:`matmul`)."""
+    embedding (or a 1 x 1 conv) as :func:`matmul` on the flattened patches
+    (:func:`~gplq_mm.quant.functional.patchify`), which onnxruntime runs as
+    MatMulIntegerToFloat; another conv as ``Conv`` of the
+    ``DequantizeLinear`` input and weight codes, which onnxruntime runs as
+    QLinearConv when a QuantizeLinear (through a ReLU) takes its output,
+    and in float (the same values) otherwise: its ConvInteger, which would
+    take the codes without requantizing the output, is about 10x slower
+    than the float Conv. Else the float ``Conv`` of the dequantized input
+    and codes (Cast and Mul, as :func:`matmul`)."""
     one = input_step is not None and input_step.dim() == 0
     if one and is_patchify(conv):
         (kh, kw), (h, w) = conv.kernel_size, x.shape[-2:]
@@ -203,17 +183,5 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, input_quantizer: nn.Module,
                    w_range, conv.bias)  # (B, patches, C_out)
         return y.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
     w_codes = weight_codes(conv.weight, w_step, *w_range, axis=0)
-    w_step = w_step.to(x.dtype)
-    if (one and conv.padding_mode == 'zeros'
-            and not isinstance(conv.padding, str)):
-        step = input_step.to(x.dtype)
-        out_shape = (1, -1, 1, 1)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(
-            w_step)
-        qmin, qmax = input_quantizer.qmin, input_quantizer.qmax
-        return _ConvInteger.apply(
-            x, step, w_codes, (step * w_step).view(out_shape),
-            bias.to(x.dtype).view(out_shape), qmin, qmax, signed,
-            (conv.stride, conv.padding, conv.dilation, conv.groups))
     return conv._conv_forward(input_quantizer(x), dequantize(
-        w_codes, w_step, axis=0, op=False), conv.bias)
+        w_codes, w_step.to(x.dtype), axis=0, op=one), conv.bias)

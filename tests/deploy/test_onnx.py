@@ -180,9 +180,12 @@ def test_opset_below_21_is_refused(tmp_path):
                     opset=20)
 
 
-def test_a_padded_conv_runs_conv_integer(tmp_path):
-    """A Conv2d that is not a patch embedding: QuantizeLinear and
-    ConvInteger on the codes, the values of the PyTorch layer."""
+@pytest.mark.parametrize('consumer', [True, False])
+def test_a_padded_conv_runs_qlinearconv_before_a_quantizer(consumer,
+                                                           tmp_path):
+    """A Conv2d that is not a patch embedding: onnxruntime runs it as
+    QLinearConv when a quantizer takes its output (through the ReLU), in
+    float otherwise; the values of the PyTorch layers either way."""
     from gplq_mm.quant import (
         QuantConfig,
         calibration,
@@ -190,10 +193,17 @@ def test_a_padded_conv_runs_conv_integer(tmp_path):
         quantize_weights,
         set_quant_state,
     )
+    from gplq_mm.quant.layers import act_quantizer
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1),
                               torch.nn.ReLU())
+    if consumer:
+        net.append(torch.nn.Conv2d(8, 4, 3, padding=1))
     convert(net, QuantConfig(act_granularity='tensor', qwt=False))
+    if consumer:  # after the ReLU, as deployable mode quantizes it
+        net[2].input_quantizer = act_quantizer(
+            dict(bits=4, granularity='tensor', signed=False), 8, 1)
+    net.eval()  # the bias on the accumulator's grid (QLinearConv's)
     x = _images(4, 7)
     with calibration(net):
         net(x)
@@ -205,8 +215,13 @@ def test_a_padded_conv_runs_conv_integer(tmp_path):
     assert trace(net, x, path)  # a dynamic batch
     assert type(net[0]).__name__ == 'QuantConv2d'  # restored after it
     got = session(path).run(None, {'input': x.numpy()})[0]
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
-    assert kernel_ops(path, x.numpy()).get('ConvInteger') == 1
+    # a code may flip where QLinearConv's fixed-point requantization rounds
+    # a value at a half step the other way
+    close = np.isclose(got, ref, rtol=1e-4, atol=1e-3)
+    assert close.mean() > 0.99, close.mean()
+    ops = kernel_ops(path, x.numpy())
+    assert ops.get('QLinearConv', 0) == int(consumer), ops
+    assert ops.get('Conv', 0) + ops.get('FusedConv', 0) == 1, ops
 
 
 def test_float16_storage_halves_only_the_float_matrices(tmp_path):

@@ -39,8 +39,10 @@ def test_export_then_evaluate_the_onnx_model_like_the_checkpoint(deploy_run):
                  '64')
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = read_json(osp.join(out, 'gplq-deploy_w4a4_export.json'))
-    assert summary['parity']['images'] == 64
-    assert summary['parity']['agreement'] >= 0.995
+    check = summary['check']['model']
+    assert check['parity']['images'] == 64
+    assert check['parity']['agreement'] >= 0.995
+    assert check['kernels']['integer'] > 0
     sizes = summary['bytes']
     assert sizes['storage'] < sizes['runtime'] < sizes['fp32']
     metrics = {}
