@@ -143,6 +143,8 @@ def code_agreement(model, path: str, batches,
             ort = got[n_out + 2 * i + 1].astype(np.float32) - z
             if ref.ndim == 4 and ort.ndim == 3:  # patch embedding
                 ref = _as_patches(ref, ort)
+            elif ref.ndim == 4 and ref.shape != ort.shape:  # pixels, NHWC
+                ref = ref.transpose(0, 2, 3, 1)  # (a transposed conv)
             counts[0, i] += (ort == _codes(q, torch.from_numpy(x_in))).sum()
             counts[1, i] += (ort == ref).sum()
             counts[2, i] += ort.size

@@ -64,3 +64,11 @@ def check_checkpoint(model: nn.Module, checkpoint: dict,
         raise ValueError(f'{source} does not fit this model ({len(bad)} '
                          'tensors of another shape; another number of '
                          'classes?): ' + '; '.join(bad[:3]))
+    missing = [k for k in own if 'quantizer.' in k and k not in state]
+    if saved is not None and missing:
+        raise ValueError(
+            f'{source} holds no state for {len(missing)} quantizer tensors '
+            f'of this model (e.g. {missing[0]}): it was written for a model '
+            'that quantizes fewer layers (gplq_mm before 2026-12-02 left '
+            'ConvTranspose2d float); run Stage 1 and 2 again from the FP32 '
+            'checkpoint')

@@ -3,7 +3,12 @@ from .config import QuantConfig
 from .convert import convert, qwt_blocks, revert
 from .export import prepare_export
 from .hosts import HostSpec, register_host
-from .layers import QuantConv2d, QuantLinear, iter_quantizers
+from .layers import (
+    QuantConv2d,
+    QuantConvTranspose2d,
+    QuantLinear,
+    iter_quantizers,
+)
 from .ptq import fold_act_steps, fold_channel_scale, quantize_weights
 from .quantizer import FakeQuantizer
 from .qwt import fit_qwt
@@ -13,6 +18,7 @@ __all__ = [
     'QuantConfig', 'convert', 'revert', 'set_quant_state', 'calibration',
     'composed_paths', 'fold_act_steps', 'fold_channel_scale',
     'quantize_weights', 'qwt_blocks', 'fit_qwt', 'prepare_export',
-    'FakeQuantizer', 'QuantLinear', 'QuantConv2d', 'iter_quantizers',
+    'FakeQuantizer', 'QuantLinear', 'QuantConv2d', 'QuantConvTranspose2d',
+    'iter_quantizers',
     'HostSpec', 'register_host'
 ]

@@ -6,7 +6,12 @@ import torch.nn as nn
 
 from .config import QuantConfig
 from .hosts import attention_tokens, find_attention_seam, fold_pairs, is_block
-from .layers import QuantConv2d, QuantLinear, is_quant_layer
+from .layers import (
+    QuantConv2d,
+    QuantConvTranspose2d,
+    QuantLinear,
+    is_quant_layer,
+)
 from .quantizer import FakeQuantizer
 from .qwt import attach_compensator, detach_compensator
 
@@ -32,11 +37,13 @@ def convert(model: nn.Module,
             config: Union[QuantConfig, dict, None] = None) -> nn.Module:
     """Quantize ``model`` in place (and return it); idempotent.
 
-    Linear / Conv2d in scope become :class:`QuantLinear` /
-    :class:`QuantConv2d` sharing the float Parameters; supported attention
-    classes get q / k / v / softmax-output quantizers; transformer blocks
-    get QwT compensators (``config.qwt``). Every quantizer starts disabled
-    and uninitialized, so the converted model computes the float output.
+    Linear / Conv2d / ConvTranspose2d (one group) in scope become
+    :class:`QuantLinear` / :class:`QuantConv2d` /
+    :class:`QuantConvTranspose2d` sharing the float Parameters; supported
+    attention classes get q / k / v / softmax-output quantizers;
+    transformer blocks get QwT compensators (``config.qwt``). Every
+    quantizer starts disabled and uninitialized, so the converted model
+    computes the float output.
 
     Raises:
         ValueError: an include pattern that matches no module, or an
@@ -80,6 +87,9 @@ def convert(model: nn.Module,
             elif isinstance(child, nn.Conv2d):
                 new = QuantConv2d.from_float(child, cfgs['act'],
                                              cfgs['weight'])
+            elif isinstance(child, nn.ConvTranspose2d) and child.groups == 1:
+                new = QuantConvTranspose2d.from_float(child, cfgs['act'],
+                                                      cfgs['weight'])
             else:
                 continue
             setattr(parent, cname, new)

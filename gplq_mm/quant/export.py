@@ -20,11 +20,17 @@ import torch.nn as nn
 
 from . import qdq
 from .attention import QuantSDPA, composed_attention, sdpa_multiplier
-from .layers import QuantConv2d, QuantLinear, QuantQKV, quantize_qkv
+from .layers import (
+    QuantConv2d,
+    QuantConvTranspose2d,
+    QuantLinear,
+    QuantQKV,
+    quantize_qkv,
+)
 from .quantizer import FakeQuantizer
 
 __all__ = ['prepare_export', 'ExportQuantizer', 'ExportLinear', 'ExportQKV',
-           'ExportConv2d', 'ExportSDPA']
+           'ExportConv2d', 'ExportConvTranspose2d', 'ExportSDPA']
 
 ExportOf = Callable[[FakeQuantizer], nn.Module]
 
@@ -116,6 +122,25 @@ class ExportConv2d(nn.Conv2d):
                           self.weight_step, self.w_range)
 
 
+class ExportConvTranspose2d(nn.Module):
+    """A weight-quantized :class:`QuantConvTranspose2d` as
+    :func:`qdq.conv_transpose2d`."""
+
+    def __init__(self, layer: QuantConvTranspose2d, export_of: ExportOf):
+        super().__init__()
+        self.deconv = layer  # its geometry and float Parameters
+        self.input_quantizer = export_of(layer.input_quantizer)
+        self.input_step = _input_step(layer.input_quantizer)
+        wq = layer.weight_quantizer
+        self.register_buffer('weight_step', wq.step.detach().clone())
+        self.w_range = (wq.qmin, wq.qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return qdq.conv_transpose2d(self.deconv, x, self.input_quantizer,
+                                    self.input_step, self.weight_step,
+                                    self.w_range)
+
+
 class ExportSDPA(nn.Module):
     """A :class:`QuantSDPA` as its composed attention
     (:func:`~gplq_mm.quant.attention.composed_attention`) with the export
@@ -154,6 +179,8 @@ def _export_form(mod: nn.Module, export_of: ExportOf) -> Optional[nn.Module]:
         return ExportLinear(mod, export_of)
     if isinstance(mod, QuantConv2d) and weights:
         return ExportConv2d(mod, export_of)
+    if isinstance(mod, QuantConvTranspose2d) and weights:
+        return ExportConvTranspose2d(mod, export_of)
     if isinstance(mod, QuantSDPA):
         return ExportSDPA(mod, export_of)
     if isinstance(mod, FakeQuantizer) and mod.enabled:

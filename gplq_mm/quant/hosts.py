@@ -90,9 +90,15 @@ def _relu_chain(prefix: str, layers) -> LNLinear:
 
 
 def _mask_head_pairs(head: nn.Module) -> LNLinear:
-    """FCNMaskHead: conv i -> ReLU -> conv i+1; deconv -> ReLU -> logits."""
+    """FCNMaskHead: conv i -> ReLU -> conv i+1 -> ... -> ReLU -> deconv ->
+    ReLU -> logits."""
     pairs = _relu_chain('convs', head.convs)
     if getattr(head, 'upsample_method', None) == 'deconv':
+        last = head.convs[-1] if len(head.convs) else None
+        if getattr(last, 'with_activation', False) and isinstance(
+                last.activate, nn.ReLU):
+            src = last.norm_name if last.with_norm else 'conv'
+            pairs += ((f'convs.{len(head.convs) - 1}.{src}', 'upsample'), )
         pairs += (('upsample', 'conv_logits'), )
     return pairs
 

@@ -1,6 +1,6 @@
-"""Quantized Linear / Conv2d that subclass the float layers and reuse their
-Parameter objects, so the float state_dict keys stay valid and the optimizer
-of the float model trains the quantized one.
+"""Quantized Linear / Conv2d / ConvTranspose2d that subclass the float
+layers and reuse their Parameter objects, so the float state_dict keys stay
+valid and the optimizer of the float model trains the quantized one.
 
 Like torchao's ``FakeQuantizedLinear.from_linear`` / ``to_linear``: each
 wrapper runs its own ``__init__`` (on the meta device, so nothing is
@@ -18,8 +18,9 @@ from .fused import lsq_fake_quant, lsq_linear
 from .qdq import is_patchify, one_step
 from .quantizer import FakeQuantizer
 
-__all__ = ['QuantLinear', 'QuantConv2d', 'QuantQKV', 'act_quantizer',
-           'is_quant_layer', 'iter_quantizers', 'quantize_qkv']
+__all__ = ['QuantLinear', 'QuantConv2d', 'QuantConvTranspose2d', 'QuantQKV',
+           'act_quantizer', 'is_quant_layer', 'iter_quantizers',
+           'quantize_qkv']
 
 
 def act_quantizer(cfg: dict, channels: int, axis: int,
@@ -32,10 +33,10 @@ def act_quantizer(cfg: dict, channels: int, axis: int,
     return FakeQuantizer(role='act', device=device, **cfg)
 
 
-def _weight_quantizer(cfg: dict, out_channels: int,
-                      device=None) -> FakeQuantizer:
+def _weight_quantizer(cfg: dict, out_channels: int, device=None,
+                      axis: int = 0) -> FakeQuantizer:
     return FakeQuantizer(role='weight', granularity='channel',
-                         num_channels=out_channels, axis=0, device=device,
+                         num_channels=out_channels, axis=axis, device=device,
                          **cfg)
 
 
@@ -147,6 +148,52 @@ class QuantConv2d(nn.Conv2d):
             self.integer_bias())
 
 
+class QuantConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (one group) with an input quantizer (per input
+    channel, axis 1, by default) and a weight quantizer per output channel:
+    axis 1 of its ``(in, out, kh, kw)`` weight. Arguments as
+    :class:`QuantLinear` after those of ``nn.ConvTranspose2d``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size,
+                 stride, padding, output_padding, groups: int, bias: bool,
+                 dilation, padding_mode: str, act_cfg: dict,
+                 weight_cfg: dict, float_cls: type = nn.ConvTranspose2d,
+                 device=None, dtype=None):
+        if groups != 1:
+            raise ValueError('QuantConvTranspose2d: groups must be 1')
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         padding, output_padding, groups, bias, dilation,
+                         padding_mode, device=device, dtype=dtype)
+        qdev = None if device == 'meta' else device
+        self.float_cls = float_cls
+        self.input_quantizer = act_quantizer(act_cfg, in_channels, 1, qdev)
+        self.weight_quantizer = _weight_quantizer(weight_cfg, out_channels,
+                                                  qdev, axis=1)
+
+    def conv_args(self) -> tuple:
+        """The ``nn.ConvTranspose2d`` constructor arguments of this layer."""
+        return (self.in_channels, self.out_channels, self.kernel_size,
+                self.stride, self.padding, self.output_padding, self.groups,
+                self.bias is not None, self.dilation, self.padding_mode)
+
+    @classmethod
+    def from_float(cls, mod: nn.ConvTranspose2d, act_cfg: dict,
+                   weight_cfg: dict) -> 'QuantConvTranspose2d':
+        new = cls(*QuantConvTranspose2d.conv_args(mod), act_cfg, weight_cfg,
+                  float_cls=type(mod), device='meta')
+        return _take_parameters(new, mod).to(mod.weight.device)
+
+    def to_float(self) -> nn.ConvTranspose2d:
+        return _take_parameters(
+            self.float_cls(*self.conv_args(), device='meta'), self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(
+            self.input_quantizer(x), self.weight_quantizer(self.weight),
+            self.bias, self.stride, self.padding, self.output_padding,
+            self.groups, self.dilation)
+
+
 class QuantQKV(QuantLinear):
     """The fused qkv projection of an attention layer, with named per-head
     quantizers for the matmul operands q, k and v (``q_quantizer``,
@@ -217,7 +264,7 @@ def quantize_qkv(out: torch.Tensor, num_heads: int,
 
 
 def is_quant_layer(mod: nn.Module) -> bool:
-    return isinstance(mod, (QuantLinear, QuantConv2d))
+    return isinstance(mod, (QuantLinear, QuantConv2d, QuantConvTranspose2d))
 
 
 def iter_quantizers(mod: nn.Module, role: Optional[str] = None):

@@ -23,10 +23,10 @@ def quantize_weights(model: nn.Module,
     n = 0
     for mod in model.modules():
         if is_quant_layer(mod):
-            wq = mod.weight_quantizer
+            wq = mod.weight_quantizer  # per output channel, along its axis
             wq.set_step(
-                QF.search_weight_step(mod.weight, wq.qmin, wq.qmax,
-                                      candidates))
+                QF.search_weight_step(mod.weight.transpose(0, wq.axis),
+                                      wq.qmin, wq.qmax, candidates))
             n += 1
     return n
 
@@ -61,7 +61,9 @@ def fold_channel_scale(producer: nn.Module, consumer: nn.Module,
             consumer.bias = nn.Parameter(
                 torch.zeros_like(consumer.weight[:, 0]))
         consumer.bias.add_(consumer.weight.float() @ shift.float())
-    consumer.weight.mul_(r.view(_channel_shape(consumer, 1)).to(
+    # (in, out, ...) weights of a transposed conv, (out, in, ...) others
+    in_axis = 0 if isinstance(consumer, nn.ConvTranspose2d) else 1
+    consumer.weight.mul_(r.view(_channel_shape(consumer, in_axis)).to(
         consumer.weight.dtype))
     out_axis = 1 if isinstance(producer, nn.ConvTranspose2d) else 0
     producer.weight.div_(r.view(_channel_shape(producer, out_axis)).to(

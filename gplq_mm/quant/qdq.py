@@ -25,7 +25,8 @@ import torch.nn as nn
 from .functional import broadcast_shape, codes, fake_quant, patchify
 
 __all__ = ['quantize_dequantize', 'weight_codes', 'dequantize', 'matmul',
-           'conv2d', 'one_step', 'export_step', 'is_patchify']
+           'conv2d', 'conv_transpose2d', 'one_step', 'export_step',
+           'is_patchify']
 
 
 class _QDQ(torch.autograd.Function):
@@ -185,3 +186,42 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, input_quantizer: nn.Module,
     w_codes = weight_codes(conv.weight, w_step, *w_range, axis=0)
     return conv._conv_forward(input_quantizer(x), dequantize(
         w_codes, w_step.to(x.dtype), axis=0, op=one), conv.bias)
+
+
+def conv_transpose2d(deconv: nn.ConvTranspose2d, x: torch.Tensor,
+                     input_quantizer: nn.Module,
+                     input_step: Optional[torch.Tensor], w_step: torch.Tensor,
+                     w_range: Tuple[int, int]) -> torch.Tensor:
+    """The quantized forward of a transposed conv (one group; its weight
+    ``(in, out, kh, kw)`` with one step per output channel). With one input
+    step and kernel = stride (no padding: each input pixel paints its own
+    ``kh x kw`` output patch, the mask head's 2 x 2 upsampling), a
+    :func:`matmul` of the pixels with the ``(in, out * kh * kw)`` weight,
+    then the patches laid out: onnxruntime has no integer ConvTranspose.
+    Else the float ``ConvTranspose`` of the dequantized operands."""
+    (kh, kw), o = deconv.kernel_size, deconv.out_channels
+    one = input_step is not None and input_step.dim() == 0
+    if one and tuple(deconv.stride) == (kh, kw) and tuple(
+            deconv.padding) == (0, 0) and tuple(
+                deconv.output_padding) == (0, 0) and tuple(
+                    deconv.dilation) == (1, 1):
+        weight = deconv.weight.permute(1, 2, 3, 0).reshape(o * kh * kw, -1)
+        # quantized in the producer's layout, and nothing else reading the
+        # producer's output (the sizes are read after the matmul), so that
+        # the producing conv and this QuantizeLinear fuse (QLinearConv);
+        # onnxruntime moves the DequantizeLinear past the transpose
+        y = matmul(input_quantizer(x).permute(0, 2, 3, 1), nn.Identity(),
+                   True, weight, w_step.repeat_interleave(kh * kw), w_range,
+                   None)
+        n, h, w = y.shape[:3]
+        y = y.reshape(n, h, w, o, kh, kw).permute(0, 3, 1, 4, 2, 5).reshape(
+            n, o, h * kh, w * kw)
+        if deconv.bias is not None:
+            y = y + deconv.bias.to(y.dtype).view(1, -1, 1, 1)
+        return y
+    w_codes = weight_codes(deconv.weight, w_step, *w_range, axis=1)
+    return torch.nn.functional.conv_transpose2d(
+        input_quantizer(x), dequantize(w_codes, w_step.to(x.dtype), axis=1,
+                                       op=False), deconv.bias,
+        deconv.stride, deconv.padding, deconv.output_padding, deconv.groups,
+        deconv.dilation)

@@ -118,7 +118,7 @@ def test_detector_export_check_and_evaluation(det_deploy_run):
                    for f in check['kernels']['float_nodes']), name
         assert check['codes']['same_input_min'] >= 0.999, (name, check)
     # each float kernel is logged with why
-    assert 'mask0:   float ConvTranspose /upsample/ConvTranspose' in (
+    assert 'trunk_128x128:   float FusedConv /rpn_head/rpn_conv/Conv' in (
         proc.stdout + proc.stderr)
     maps = {}
     for name, args in (

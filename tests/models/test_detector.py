@@ -7,7 +7,12 @@ from mmengine.registry import MODELS, DefaultScope
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401
-from gplq_mm.quant import QuantConv2d, QuantLinear, iter_quantizers
+from gplq_mm.quant import (
+    QuantConv2d,
+    QuantConvTranspose2d,
+    QuantLinear,
+    iter_quantizers,
+)
 from gplq_mm.utils import mmengine_checkpoint_globals
 from tests.helpers import gplq_det_cfg, load_ckpt
 
@@ -41,13 +46,13 @@ def test_full_scope_quantizes_the_whole_detector(digit_coco_root):
                    'roi_head.bbox_head.fc_cls', 'roi_head.mask_head.convs',
                    'roi_head.mask_head.conv_logits'):
         assert any(n.startswith(prefix) for n in names), prefix
-    # Every Conv2d / Linear is quantized; the mask head's transposed conv is
-    # not a Conv2d and stays float.
+    # Every Conv2d / Linear / ConvTranspose2d is quantized, the mask head's
+    # 2x2 upsampling too.
     for n, m in model.student.named_modules():
-        if type(m) in (nn.Conv2d, nn.Linear):
+        if type(m) in (nn.Conv2d, nn.Linear, nn.ConvTranspose2d):
             pytest.fail(f'float {type(m).__name__} left at {n}')
     assert isinstance(model.student.roi_head.mask_head.upsample,
-                      nn.ConvTranspose2d)
+                      QuantConvTranspose2d)
     pe = model.student.backbone.patch_embed.projection
     assert isinstance(pe, QuantConv2d) and pe.input_quantizer.bits == 8
 

@@ -10,7 +10,7 @@ from gplq_mm.quant import (
     revert,
     set_quant_state,
 )
-from gplq_mm.quant.layers import QuantConv2d, QuantQKV
+from gplq_mm.quant.layers import QuantConv2d, QuantQKV, is_quant_layer
 from tests.backbones import (
     BACKBONES,
     build,
@@ -218,13 +218,13 @@ def test_deployable_folds_the_detector_relu_and_fpn_pairs():
         names = {lin for _, lin in fold_pairs(det)}
         assert {'neck.lateral_convs.0.conv', 'roi_head.bbox_head.shared_fcs.1',
                 'roi_head.mask_head.convs.3.conv',
+                'roi_head.mask_head.upsample',
                 'roi_head.mask_head.conv_logits'} <= names
         assert fold_act_steps(det) == len(names)
         after = outputs()
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
     per_channel = {n for n, m in det.named_modules()
-                   if isinstance(m, (QuantLinear, QuantConv2d))
-                   and m.input_quantizer.step.numel() > 1}
+                   if is_quant_layer(m) and m.input_quantizer.step.numel() > 1}
     assert per_channel == names
 
 

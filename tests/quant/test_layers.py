@@ -3,7 +3,12 @@ import torch
 import torch.nn as nn
 
 from gplq_mm.quant.fused import lsq_fake_quant
-from gplq_mm.quant.layers import QuantConv2d, QuantLinear, QuantQKV
+from gplq_mm.quant.layers import (
+    QuantConv2d,
+    QuantConvTranspose2d,
+    QuantLinear,
+    QuantQKV,
+)
 
 ACT, WEIGHT = dict(bits=4, granularity='channel'), dict(bits=4)
 
@@ -16,6 +21,7 @@ class MyLinear(nn.Linear):
     (lambda: MyLinear(6, 4), QuantLinear),
     (lambda: nn.Linear(6, 4, bias=False), QuantLinear),
     (lambda: nn.Conv2d(3, 5, 3, stride=2, padding=1, groups=1), QuantConv2d),
+    (lambda: nn.ConvTranspose2d(3, 5, 2, stride=2), QuantConvTranspose2d),
 ])
 def test_wrappers_reuse_the_float_parameters_and_invert(make, qcls):
     torch.manual_seed(0)
@@ -32,8 +38,48 @@ def test_wrappers_reuse_the_float_parameters_and_invert(make, qcls):
     assert back.weight is mod.weight and back.bias is mod.bias
     assert list(back.state_dict()) == list(mod.state_dict())
     assert not back.training and torch.equal(back(x), mod(x))
-    for attr in ('stride', 'padding', 'dilation', 'groups', 'padding_mode'):
+    for attr in ('stride', 'padding', 'dilation', 'groups', 'padding_mode',
+                 'output_padding'):
         assert getattr(back, attr, None) == getattr(mod, attr, None)
+
+
+def test_transposed_conv_quantizes_weights_per_output_channel(tmp_path):
+    """A ConvTranspose2d's weight is (in, out, kh, kw): its steps run along
+    axis 1; exported with kernel = stride it is a matmul of the pixels on
+    integer kernels, with the PyTorch layer's values."""
+    from gplq_mm.deploy import kernel_ops, session, trace
+    from gplq_mm.quant import (
+        QuantConfig,
+        calibration,
+        convert,
+        quantize_weights,
+        set_quant_state,
+    )
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.ConvTranspose2d(4, 6, 2, stride=2), nn.ReLU())
+    convert(net, QuantConfig(act_granularity='tensor', qwt=False))
+    q = net[0]
+    assert isinstance(q, QuantConvTranspose2d)
+    assert q.weight_quantizer.axis == 1
+    assert q.weight_quantizer.step.shape == (6, )
+    x = torch.randn(3, 4, 5, 7)
+    with calibration(net):
+        net(x)
+    quantize_weights(net)
+    set_quant_state(net, weight=True, act=True)
+    wq = q.weight_quantizer
+    codes = (q.weight / wq.step.view(1, -1, 1, 1)).round()
+    assert codes.amin() >= wq.qmin and codes.amax() <= wq.qmax
+    net.eval()
+    with torch.no_grad():
+        ref = net(x).numpy()
+    path = str(tmp_path / 'deconv.onnx')
+    assert trace(net, x, path)
+    got = session(path).run(None, {'input': x.numpy()})[0]
+    assert got.shape == (3, 6, 10, 14)
+    assert abs(got - ref).max() < 1e-4
+    ops = kernel_ops(path, x.numpy())
+    assert ops.get('MatMulIntegerToFloat') == 1 and 'ConvTranspose' not in ops
 
 
 def test_quantizers_sized_per_channel():
