@@ -70,6 +70,8 @@ def detector_rows(config, out, threads, images):
         lines.append(f'| {part} | {1e3 * fp[part]:.1f} | '
                      f'{1e3 * q[part]:.1f} | '
                      f'{q[part] / max(fp[part], 1e-12):.2f}x |')
+    lines.append(f'| detections per image | {fp["detections"]:.1f} | '
+                 f'{q["detections"]:.1f} | |')
     return lines, dict(model=name, bytes=size, speed=speed,
                        kernels=dict(kernels))
 

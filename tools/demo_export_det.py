@@ -141,6 +141,8 @@ def main():
     for part in ('trunk', 'glue', 'bbox', 'mask', 'paste', 'total'):
         lines.append(f'| {part} | {1e3 * fp[part]:.2f} | {1e3 * q[part]:.2f}'
                      f' | {q[part] / max(fp[part], 1e-12):.2f}x |')
+    lines.append(f'| detections per image | {fp["detections"]:.1f} | '
+                 f'{q["detections"]:.1f} | |')
     write_results(out, lines, dict(ap=ap, speed=speed,
                                    bytes=total, check=summary['check']))
 

@@ -23,6 +23,7 @@ files and describes the architecture they were exported from, which
 import copy
 import glob
 import json
+import os
 import os.path as osp
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -191,6 +192,10 @@ def export_detector(model: nn.Module, out_dir: str, stem: str,
     if len(set(sizes)) != len(sizes):
         raise ValueError(f'canvases {sizes}: each size once')
     info = describe(det)
+    # the manifest is written last: an export that stops half way leaves
+    # none, never an old one naming a mix of old and new files
+    if osp.exists(manifest_path(out_dir, stem)):
+        os.remove(manifest_path(out_dir, stem))
     trunk = Trunk(det)
     names = trunk_outputs(info['levels'])
     graphs: Dict[str, List[Dict]] = dict(trunk=[], roi=[])

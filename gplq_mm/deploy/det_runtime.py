@@ -53,8 +53,8 @@ class Graph:
 
     def __call__(self, x: torch.Tensor) -> List[torch.Tensor]:
         t0 = time.perf_counter()
-        outs = run_batched(self.session,
-                           np.ascontiguousarray(x.detach().float().numpy()))
+        x = x.detach().float().cpu().numpy()  # from any device
+        outs = run_batched(self.session, np.ascontiguousarray(x))
         self.timing[self.kind] += time.perf_counter() - t0
         return [torch.from_numpy(o) for o in outs]
 
@@ -208,7 +208,9 @@ class ONNXDetector(BaseModel):
         reset): ``trunk``, ``bbox`` and ``mask`` (the graphs), ``paste``
         (the mask stage around its graphs: mask RoIAlign, paste), ``glue``
         (the rest: anchors, proposal decoding and NMS, box RoIAlign and
-        decoding, pre- and post-processing here) and ``total``."""
+        decoding, pre- and post-processing here) and ``total``; and
+        ``detections`` per image (the mask head and paste work per
+        detection)."""
         t = dict(self.timing)
         self.timing.clear()
         n = max(t.pop('images', 0), 1)
@@ -216,6 +218,7 @@ class ONNXDetector(BaseModel):
         parts['paste'] = t.get('mask_stage', 0.) - parts['mask']
         parts['glue'] = t.get('total', 0.) - sum(parts.values())
         parts['total'] = t.get('total', 0.)
+        parts['detections'] = t.get('detections', 0.)
         return {k: v / n for k, v in parts.items()}
 
     @torch.no_grad()
@@ -227,6 +230,8 @@ class ONNXDetector(BaseModel):
         results = self._predict(inputs, data_samples)
         self.timing['total'] += time.perf_counter() - t0
         self.timing['images'] += len(inputs)
+        self.timing['detections'] += sum(len(s.pred_instances)
+                                         for s in results)
         return results
 
     def _predict(self, inputs: torch.Tensor, data_samples):
