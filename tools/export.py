@@ -121,7 +121,8 @@ def main():
     if len(shapes) > 1 and not detector:
         sys.exit('error: --shape given more than once: only a detector '
                  'takes several canvases')
-    canvases = [next(test_images(runner, model, 1, s, pad=True))
+    # a detector's canvas takes a smaller image padded, as its runtime does
+    canvases = [next(test_images(runner, model, 1, s, pad=detector))
                 for s in shapes]
     try:
         if detector:
@@ -136,7 +137,7 @@ def main():
     if args.check:
         shape = canvases[0].shape[-2:]
         batches = list(test_images(runner, model, args.check, shape,
-                                   'check inputs', pad=True))
+                                   'check inputs', pad=detector))
         if detector:
             inputs = graph_inputs(model, summary, batches)
             graphs = dict(detector_graphs(model))
