@@ -16,6 +16,7 @@ setup(
     ],
     extras_require=dict(
         demo=['scikit-learn', 'pycocotools'],
-        deploy=['onnx>=1.16', 'onnxruntime>=1.20'],  # opset 21, INT4
+        deploy=['onnx>=1.16', 'onnxruntime>=1.20',  # opset 21, INT4
+                'openvino>=2025.0'],
         tests=['pytest', 'scikit-learn', 'onnx>=1.16', 'onnxruntime>=1.20']),
 )

@@ -1,19 +1,22 @@
-"""`make bench-export`: file size and onnxruntime CPU latency of exported
-W4A4 models against their FP32 export, on full-size DeiT-S and Swin-T
-built from the shipped configs with random weights (no download; size and
-speed do not depend on the values).
+"""`make bench-export`: file size and CPU latency of exported W4A4 models
+in onnxruntime and OpenVINO against their FP32 export in both, on
+full-size DeiT-S and Swin-T built from the shipped configs with random
+weights (no download; size and speed do not depend on the values).
 
     python tools/bench_export.py [--threads 2] [--configs ...]
                                  [--detector CONFIG] [--det-images 3]
 
 For each model: the FP32, runtime and storage (lossless, and with FP16
-float matrices) file sizes, and the median latency at batch 1 and 16
-(FP32 and W4A4 sessions alternating in one process), with the integer and
-float matmul kernels onnxruntime ran. Then the detector (Mask R-CNN Swin-T,
-scope full, deployable; ``--detector ''`` skips it) exported as graphs at
+float matrices) file sizes, and the median latency at batch 1 and 16 of
+the FP32 file in onnxruntime and in OpenVINO (f32, and its default: bf16
+on AMX CPUs) and of the W4A4 file in both (sessions alternating in one
+process), with the integer and float matmul kernels onnxruntime ran; each
+ratio against onnxruntime FP32 and against the fastest float run. Then
+the detector (Mask R-CNN Swin-T, scope full, deployable; ``--detector ''``
+skips it) exported as graphs at
 its test canvas (800 x 1344): file sizes, and each part's latency per
 image (trunk, glue in mmdet, box head, mask head, mask RoIAlign + paste)
-with FP32 and W4A4 graphs alternating. Writes
+with FP32 and W4A4 graphs in both runtimes alternating. Writes
 work_dirs/bench/export/results.*
 """
 import argparse
@@ -34,7 +37,11 @@ def detector_rows(config, out, threads, images):
     """The detector's table rows and its results."""
     import collections
 
-    from gplq_mm.bench.export import detector_speed, detector_stand_in
+    from gplq_mm.bench.export import (
+        detector_speed,
+        detector_speed_table,
+        detector_stand_in,
+    )
     from gplq_mm.deploy import export_detector
     from gplq_mm.deploy.det_export import (
         detector_graphs,
@@ -57,21 +64,13 @@ def detector_rows(config, out, threads, images):
                          modules[g['name'].split('_')[0]])
         kernels.update(integer=k['integer'], float=k['float'])
     speed = detector_speed(cfg, out, batches, threads=threads)
-    fp, q = speed['fp32'], speed['runtime']
     lines = ['', f'{name}, scope full, deployable, random weights, canvas '
-             f'{manifest["trunk"][0]["canvas"]}, {images} images, onnxruntime '
-             f'CPU, {threads} threads; files FP32 {size["fp32"] / 2**20:.1f} '
+             f'{manifest["trunk"][0]["canvas"]}, {images} images, CPU, '
+             f'{threads} threads; files FP32 {size["fp32"] / 2**20:.1f} '
              f'MiB, runtime {size["runtime"] / size["fp32"]:.3f}x, storage '
              f'{size["storage"] / size["fp32"]:.3f}x; {kernels["integer"]} '
-             f'integer / {kernels["float"]} float matmul / conv kernels', '',
-             '| part | FP32 ms / image | W4A4 ms / image | ratio |',
-             '|---|---|---|---|']
-    for part in ('trunk', 'glue', 'bbox', 'mask', 'paste', 'total'):
-        lines.append(f'| {part} | {1e3 * fp[part]:.1f} | '
-                     f'{1e3 * q[part]:.1f} | '
-                     f'{q[part] / max(fp[part], 1e-12):.2f}x |')
-    lines.append(f'| detections per image | {fp["detections"]:.1f} | '
-                 f'{q["detections"]:.1f} | |')
+             f'integer / {kernels["float"]} float matmul / conv kernels in '
+             'onnxruntime', '', *detector_speed_table(speed)]
     return lines, dict(model=name, bytes=size, speed=speed,
                        kernels=dict(kernels))
 
@@ -86,13 +85,17 @@ def main():
     args = p.parse_args()
     os.chdir(ROOT)
     os.makedirs(args.out, exist_ok=True)
-    from gplq_mm.bench.export import speed, stand_in
+    from gplq_mm.bench.export import runs, speed, stand_in
     from gplq_mm.deploy import export_forms, to_storage
-    lines = [f'onnxruntime CPU, {args.threads} threads; ratios to the FP32 '
-             'export of the same model', '',
+    lines = [f'CPU, {args.threads} threads, median ms; ORT: onnxruntime, '
+             'OV: OpenVINO (bf16: its default on AMX CPUs); ratios of W4A4 '
+             'to ORT FP32 and of the faster W4A4 run to the fastest float '
+             'run', '',
              '| model | runtime size | storage size (FP16 floats) | batch | '
-             'FP32 ms | W4A4 ms | ratio | integer / float matmuls |',
-             '|---|---|---|---|---|---|---|---|']
+             + ' | '.join(label for label, *_ in runs()) +
+             ' | ORT W4A4 / ORT FP32 | best W4A4 / fastest float | '
+             'integer / float matmuls (ORT) |',
+             '|---|---|---|---|' + '---|' * (len(runs()) + 3)]
     rows = []
     for cfg in args.configs:
         name = osp.basename(cfg).split('_8xb')[0].replace('gplq_', '')
@@ -118,13 +121,15 @@ def main():
                                                            half['bytes']),
                        dynamic_batch=forms['dynamic_batch'], **s)
             rows.append(row)
-            lat = s['latency_s']
+            lat, best = s['latency_s'], min(s['ratio_fastest'].items(),
+                                            key=lambda kv: kv[1])
             lines.append(
                 f'| {name} | {b["runtime"] / b["fp32"]:.3f}x | '
                 f'{b["storage"] / b["fp32"]:.3f}x '
                 f'({half["bytes"] / b["fp32"]:.3f}x) | {batch} | '
-                f'{1e3 * lat["fp32"]:.1f} | {1e3 * lat["runtime"]:.1f} | '
-                f'{s["ratio"]:.2f}x | {s["integer_kernels"]} / '
+                + ' | '.join(f'{1e3 * v:.1f}' for v in lat.values()) +
+                f' | {s["ratio"]:.2f}x | {best[1]:.2f}x ({best[0]} / '
+                f'{s["fastest_float"]}) | {s["integer_kernels"]} / '
                 f'{s["float_matmuls"]} |')
     if args.detector:
         more, row = detector_rows(args.detector, args.out, args.threads,

@@ -1,6 +1,6 @@
 """`make demo-export-det`: the demo Mask R-CNN in deployable mode, exported
-as graphs and run in onnxruntime with mmdet's code between them, side by
-side with PyTorch and the FP32 export.
+as graphs and run in onnxruntime and OpenVINO with mmdet's code between
+them, side by side with PyTorch and the FP32 export.
 
 1. trains the float demo detector when missing (as `make demo-det`);
 2. runs GPLQ W4A4 at scope 'full' in deployable mode
@@ -10,11 +10,13 @@ side with PyTorch and the FP32 export.
    val set (outputs, integer codes, the kernels onnxruntime runs);
 4. evaluates with tools/test.py (COCO box / mask AP): the checkpoint in
    PyTorch (W4A4, and FP32 with every quantizer off), the export's W4A4,
-   storage and FP32 graphs; and the paper-faithful scope-'full' GPLQ model
-   of `make demo-det` when it is there;
+   storage and FP32 graphs, the W4A4 ones in OpenVINO too; and the
+   paper-faithful scope-'full' GPLQ model of `make demo-det` when it is
+   there;
 5. measures, in this process, each part's latency per image with 2
-   threads (FP32 graphs vs W4A4 graphs, alternating): trunk, glue in mmdet,
-   box head, mask head, mask RoIAlign + paste; prints one table, writes
+   threads (FP32 graphs vs W4A4 graphs, in onnxruntime and in OpenVINO,
+   alternating): trunk, glue in mmdet, box head, mask head, mask RoIAlign
+   + paste; prints one table, writes
    work_dirs/demo/export_det/results.*
 
 Finished steps are reused (--force redoes the GPLQ run and the export).
@@ -88,7 +90,10 @@ def main():
             ('ONNX FP32', out, ('--form', 'fp32'), []),
             ('PyTorch W4A4', ckpt, (), []),
             ('ONNX W4A4', out, (), []),
-            ('ONNX W4A4 storage', out, ('--form', 'storage'), [])):
+            ('ONNX W4A4 storage', out, ('--form', 'storage'), []),
+            ('ONNX W4A4 in OpenVINO', out, ('--runtime', 'openvino'), []),
+            ('ONNX W4A4 in OpenVINO f32', out, ('--runtime', 'openvino-f32'),
+             [])):
         ap[name] = evaluate(out, name.replace(' ', '_').replace(
             '(', '').replace(')', ''), CFG, model, options, METRICS,
             reuse=True, args=extra)
@@ -101,14 +106,14 @@ def main():
     from mmengine.config import Config
 
     import gplq_mm  # noqa: F401
-    from gplq_mm.bench.export import detector_speed
+    from gplq_mm.bench.export import detector_speed, detector_speed_table
     cfg = Config.fromfile(CFG)
     speed = detector_speed(cfg, out, speed_batches(cfg, args.speed_images),
                            threads=args.threads)
 
     lines = [
         f'Demo Mask R-CNN (digit canvases, {n_val} val images), W4A4 '
-        f'deployable, scope full; onnxruntime CPU, {args.threads} threads',
+        f'deployable, scope full; CPU, {args.threads} threads',
         '', '| model | box AP | mask AP |', '|---|---|---|',
         *(f'| {k} | {100 * v["coco/bbox_mAP"]:.1f} | '
           f'{100 * v["coco/segm_mAP"]:.1f} |' for k, v in ap.items()),
@@ -135,14 +140,9 @@ def main():
                  f'({total["runtime"] / total["fp32"]:.2f}x) / '
                  f'{total["storage"] / 2**20:.2f} '
                  f'({total["storage"] / total["fp32"]:.2f}x) | | | |')
-    lines += ['', f'| part (ms per image, {args.speed_images} images, batch '
-              '1) | FP32 graphs | W4A4 graphs | ratio |', '|---|---|---|---|']
-    fp, q = speed['fp32'], speed['runtime']
-    for part in ('trunk', 'glue', 'bbox', 'mask', 'paste', 'total'):
-        lines.append(f'| {part} | {1e3 * fp[part]:.2f} | {1e3 * q[part]:.2f}'
-                     f' | {q[part] / max(fp[part], 1e-12):.2f}x |')
-    lines.append(f'| detections per image | {fp["detections"]:.1f} | '
-                 f'{q["detections"]:.1f} | |')
+    lines += ['', f'Speed: {args.speed_images} images, batch 1, '
+              f'{args.threads} threads; ORT: onnxruntime, OV: OpenVINO', '',
+              *detector_speed_table(speed)]
     write_results(out, lines, dict(ap=ap, speed=speed,
                                    bytes=total, check=summary['check']))
 

@@ -1,7 +1,8 @@
 """Evaluate a checkpoint with a config (mmpretrain / mmdet style).
 
 An export of tools/export.py in place of the checkpoint runs in
-onnxruntime, through the same dataloader, preprocessor and metric: a
+onnxruntime (``--runtime openvino``: OpenVINO), through the same
+dataloader, preprocessor and metric: a
 classifier's ``.onnx`` file, or a detector's export directory (or its
 ``*_detector.json`` manifest; ``--form`` picks its runtime, storage or FP32
 graphs).
@@ -14,7 +15,12 @@ import sys
 from mmengine.runner import Runner
 
 import gplq_mm  # noqa: F401  registers the GPLQ models and hook
-from gplq_mm.deploy import DEPLOY_FORMS, detector_test_config, onnx_test_config
+from gplq_mm.deploy import (
+    DEPLOY_FORMS,
+    RUNTIMES,
+    detector_test_config,
+    onnx_test_config,
+)
 from gplq_mm.probe.preflight import check_data_roots
 from gplq_mm.utils import (
     add_runner_args,
@@ -34,6 +40,9 @@ def parse_args():
                    'directory or *_detector.json)')
     p.add_argument('--form', choices=DEPLOY_FORMS, default='runtime',
                    help='which graphs of an exported detector to run')
+    p.add_argument('--runtime', choices=RUNTIMES, default='onnxruntime',
+                   help='where an export runs (OpenVINO in its default '
+                   'precision: bf16 float layers on AMX CPUs)')
     p.add_argument('--out', help='write the metrics to this JSON file')
     add_runner_args(p)
     return p.parse_args()
@@ -52,10 +61,14 @@ def main():
         cfg = runner_config(args)
         check_data_roots(cfg, loaders=('test', ))
         if is_onnx:
-            onnx_test_config(cfg, args.checkpoint)
+            onnx_test_config(cfg, args.checkpoint, args.runtime)
         elif is_export:
-            detector_test_config(cfg, args.checkpoint, args.form)
+            detector_test_config(cfg, args.checkpoint, args.form,
+                                 args.runtime)
         else:
+            if args.runtime != 'onnxruntime':
+                raise ValueError('--runtime applies to an export (.onnx, '
+                                 'a detector export), not a checkpoint')
             check_checkpoint_file(args.checkpoint)
             cfg.load_from = args.checkpoint
     except ValueError as e:

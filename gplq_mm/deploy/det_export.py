@@ -307,9 +307,11 @@ def check_architecture(manifest: Dict, config: Dict, where: str) -> None:
                 'config')
 
 
-def detector_test_config(cfg, export: str, form: str = 'runtime'):
+def detector_test_config(cfg, export: str, form: str = 'runtime',
+                         runtime: str = 'onnxruntime'):
     """``cfg`` (a GPLQ detector config) rewritten to evaluate the export at
-    ``export`` (its directory or manifest) with :class:`ONNXDetector`: the
+    ``export`` (its directory or manifest) in ``runtime`` with
+    :class:`ONNXDetector`: the
     same dataloader, preprocessor and metric; the GPLQ hooks and the
     checkpoint load go. Raises ValueError when the export does not match
     the config."""
@@ -329,7 +331,7 @@ def detector_test_config(cfg, export: str, form: str = 'runtime'):
         host = MODELS.build(host_config(arch))
     check_architecture(m, describe(host), manifest)
     cfg.model = dict(type='ONNXDetector', manifest=manifest,
-                     architecture=arch, form=form)
+                     architecture=arch, form=form, runtime=runtime)
     cfg.custom_hooks = [h for h in cfg.get('custom_hooks') or []
                         if not str(h.get('type', '')).startswith('GPLQ')]
     cfg.load_from = None

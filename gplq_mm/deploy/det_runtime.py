@@ -2,11 +2,11 @@
 ``tools/test.py CONFIG EXPORT_DIR`` evaluates it with the config's
 dataloader, preprocessor and ``CocoMetric``.
 
-The graphs run in onnxruntime; everything between them is mmdet's own code,
-on the host detector built from the config (its weights unused): the RPN
-head's ``predict_by_feat`` (anchors, decoding, NMS), the RoI head's
-``predict`` (RoIAlign, box decoding, the Cascade stages, mask paste) and the
-detector's ``add_pred_to_datasample``.
+The graphs run in onnxruntime or OpenVINO; everything between them is
+mmdet's own code, on the host detector built from the config (its weights
+unused): the RPN head's ``predict_by_feat`` (anchors, decoding, NMS), the
+RoI head's ``predict`` (RoIAlign, box decoding, the Cascade stages, mask
+paste) and the detector's ``add_pred_to_datasample``.
 
 mmdet has no public seam for "run this head elsewhere": its RoI heads call
 their heads in ``_bbox_forward`` / ``_mask_forward``, which mmdet's own
@@ -41,15 +41,15 @@ __all__ = ['ONNXDetector', 'ONNXStandardRoIHead', 'ONNXCascadeRoIHead',
 
 
 class Graph:
-    """One exported graph in an onnxruntime session: tensors in, tensors
+    """One exported graph in a session (:func:`session`): tensors in, tensors
     out (any first-axis size; a graph traced with a fixed batch runs in
     chunks, :func:`run_batched`). Its wall time adds up in
     ``timing[kind]``."""
 
     def __init__(self, path: str, threads: Optional[int], kind: str,
-                 timing: Dict[str, float]):
+                 timing: Dict[str, float], runtime: str = 'onnxruntime'):
         self.path, self.kind, self.timing = path, kind, timing
-        self.session = session(open_model(path), threads)
+        self.session = session(open_model(path), threads, runtime=runtime)
 
     def __call__(self, x: torch.Tensor) -> List[torch.Tensor]:
         t0 = time.perf_counter()
@@ -135,14 +135,16 @@ class ONNXDetector(BaseModel):
             test settings run here; it must describe the exported graphs.
         form (str): ``'runtime'`` (W4A4), ``'storage'`` (its INT4 files) or
             ``'fp32'``.
-        threads (int, optional): onnxruntime intra-op threads per graph.
+        threads (int, optional): Intra-op threads per graph.
             Defaults to None: all cores in one process; under a launcher,
             the node's cores shared among its processes.
+        runtime (str): ``'onnxruntime'`` or ``'openvino'`` (in its default
+            precision), for every graph. Defaults to ``'onnxruntime'``.
     """
 
     def __init__(self, manifest: str, architecture: dict,
                  form: str = 'runtime', threads: Optional[int] = None,
-                 init_cfg=None):
+                 runtime: str = 'onnxruntime', init_cfg=None):
         if form not in DEPLOY_FORMS:
             raise ValueError(f'form={form!r}: use one of {DEPLOY_FORMS}')
         arch = host_config(architecture)
@@ -161,7 +163,7 @@ class ONNXDetector(BaseModel):
 
         def graph(g, kind):
             return Graph(osp.join(root, g['files'][form]), threads, kind,
-                         self.timing)
+                         self.timing, runtime)
 
         self.trunks = sorted(
             ((tuple(g['canvas']), graph(g, 'trunk')) for g in m['trunk']),

@@ -26,21 +26,24 @@ class ONNXClassifier(BaseModel):
         onnx_file (str): The ``.onnx`` model (runtime or FP32 form; a storage
             model is loaded through :func:`~gplq_mm.deploy.load_storage`).
         data_preprocessor (dict): The host classifier's preprocessor.
-        threads (int, optional): onnxruntime intra-op threads.
+        threads (int, optional): The runtime's intra-op threads.
             Defaults to None: all cores in one process; under a launcher,
             the node's cores shared among its processes (``LOCAL_WORLD_SIZE``).
+        runtime (str): ``'onnxruntime'`` or ``'openvino'`` (in its default
+            precision). Defaults to ``'onnxruntime'``.
     """
 
     def __init__(self, onnx_file: str, data_preprocessor: dict,
-                 threads: Optional[int] = None, init_cfg=None):
+                 threads: Optional[int] = None,
+                 runtime: str = 'onnxruntime', init_cfg=None):
         data_preprocessor = dict(data_preprocessor)
         # as mmpretrain's ImageClassifier builds its own
         data_preprocessor.setdefault('type', 'mmpretrain.ClsDataPreprocessor')
         super().__init__(data_preprocessor=data_preprocessor,
                          init_cfg=init_cfg)
         self.onnx_file = onnx_file
-        self.session = session(open_model(onnx_file),
-                               node_threads(threads))
+        self.session = session(open_model(onnx_file), node_threads(threads),
+                               runtime=runtime)
 
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """The model's output (:func:`run_batched`)."""
@@ -76,10 +79,11 @@ class ONNXEvalWrapper(nn.Module):
         return self.module.test_step(data)
 
 
-def onnx_test_config(cfg, onnx_file: str):
+def onnx_test_config(cfg, onnx_file: str, runtime: str = 'onnxruntime'):
     """``cfg`` (a GPLQ classifier config) rewritten to evaluate
-    ``onnx_file`` with :class:`ONNXClassifier`: the same dataloader,
-    preprocessor and metric; the GPLQ hooks and the checkpoint load go."""
+    ``onnx_file`` in ``runtime`` with :class:`ONNXClassifier`: the same
+    dataloader, preprocessor and metric; the GPLQ hooks and the checkpoint
+    load go."""
     model = cfg.model
     if model.get('type') != 'GPLQClassifier':
         raise ValueError(
@@ -91,7 +95,7 @@ def onnx_test_config(cfg, onnx_file: str):
            or model.get('data_preprocessor') or cfg.get('data_preprocessor')
            or {})
     cfg.model = dict(type='ONNXClassifier', onnx_file=onnx_file,
-                     data_preprocessor=dict(pre))
+                     data_preprocessor=dict(pre), runtime=runtime)
     cfg.custom_hooks = [h for h in cfg.get('custom_hooks') or []
                         if not str(h.get('type', '')).startswith('GPLQ')]
     cfg.load_from = None

@@ -13,6 +13,7 @@ from ..quant.qdq import export_step
 from .session import run_batched, session
 
 __all__ = ['parity', 'code_agreement', 'kernel_audit', 'check_graph',
+           'openvino_available',
            'QUANTIZED_ON_FLOAT', 'NOT_REQUANTIZED']
 
 
@@ -21,7 +22,7 @@ def parity(model, sess, batches, graph=None) -> Dict[str, float]:
     """Compare ``model``'s :meth:`deploy_graph` (PyTorch; or ``graph``, a
     module of ``model.student``) with ``sess`` on ``batches`` (its input
     tensors: preprocessed images, RoI features): per output, the largest
-    absolute difference and the relative L2 error; for one output (a
+    absolute difference and the relative L2 error; for one 2-D output (a
     classifier's logits), also the share of images whose argmax agrees."""
     graph = graph or model.deploy_graph()[0]
     model.eval()
@@ -38,7 +39,7 @@ def parity(model, sess, batches, graph=None) -> Dict[str, float]:
                                          float(np.abs(r - g).max()))
             stats[f'sq_err{key}'] += float(((r - g)**2).sum())
             stats[f'sq_ref{key}'] += float((r**2).sum())
-        if len(ref) == 1:
+        if len(ref) == 1 and ref[0].dim() == 2:  # logits
             stats['agree'] += float(
                 (ref[0].numpy().argmax(1) == got[0].argmax(1)).sum())
         images += len(x)
@@ -249,6 +250,12 @@ def kernel_audit(model, path: str, inputs: torch.Tensor,
         float_nodes=floats)
 
 
+def openvino_available() -> bool:
+    """Whether the openvino package imports here."""
+    import importlib.util
+    return importlib.util.find_spec('openvino') is not None
+
+
 def check_graph(model, paths: Dict[str, str], inputs: List[torch.Tensor],
                 graph=None, log=None, name: str = 'model') -> Dict:
     """``tools/export.py --check`` for one exported graph (``paths``: its
@@ -256,12 +263,24 @@ def check_graph(model, paths: Dict[str, str], inputs: List[torch.Tensor],
     :meth:`deploy_graph`) on ``inputs`` (its input tensors, as PyTorch
     computes them): ``parity`` of the storage file in onnxruntime with
     PyTorch, ``codes`` (:func:`code_agreement` of the runtime file) and
-    ``kernels`` (:func:`kernel_audit`). With ``log``, one line each, and
-    each float kernel with why."""
+    ``kernels`` (:func:`kernel_audit`); where openvino is installed, also
+    the storage file's parity in OpenVINO, ``parity_openvino-f32`` (f32:
+    the graph's numerics) and ``parity_openvino`` (its default precision,
+    bf16 float layers on AMX CPUs: what runs), and ``openvino_kernels``
+    (:func:`~.session.openvino_kernels`). With
+    ``log``, one line each, and each float kernel with why."""
+    from .session import openvino_kernels
     from .storage import open_model
     inputs = [x for x in inputs if len(x)]  # an image without proposals
-    out = dict(parity=parity(model, session(open_model(paths['storage']),
-                                            threads=None), inputs, graph))
+    storage = open_model(paths['storage'])
+    out = dict(parity=parity(model, session(storage, threads=None), inputs,
+                             graph))
+    if openvino_available():  # the same file in OpenVINO: f32 checks
+        for rt in ('openvino-f32', 'openvino'):  # the graph, its default
+            ov = session(storage, threads=None, runtime=rt)  # is what runs
+            out[f'parity_{rt}'] = dict(parity(model, ov, inputs, graph),
+                                       precision=ov.precision)
+        out['openvino_kernels'] = openvino_kernels(ov)
     agree = code_agreement(model, paths['runtime'], inputs, graph)
     same, e2e = agree['same_input'], agree['end_to_end']
     out['codes'] = dict(
@@ -273,6 +292,12 @@ def check_graph(model, paths: Dict[str, str], inputs: List[torch.Tensor],
     if log:
         k = out['kernels']
         log(f'{name}: onnxruntime vs PyTorch {out["parity"]}')
+        for rt in ('openvino-f32', 'openvino'):
+            if f'parity_{rt}' in out:
+                log(f'{name}: {rt} vs PyTorch {out[f"parity_{rt}"]}')
+        if 'openvino_kernels' in out:
+            log(f'{name}: OpenVINO matmul / conv layers by precision '
+                f'{out["openvino_kernels"]}')
         log(f'{name}: integer codes equal to PyTorch\'s {out["codes"]}')
         log(f'{name}: {k["integer"]} integer kernels, {k["float"]} float '
             'matmul / conv kernels')

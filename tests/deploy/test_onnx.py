@@ -311,3 +311,42 @@ def test_detector_trunk_export_and_feature_parity(tmp_path):
     np.testing.assert_allclose(
         agree['end_to_end'],
         (2 * np.array(two['end_to_end']) + one['end_to_end']) / 3)
+
+
+@pytest.mark.parametrize('host', ['vit', 'swin'])
+def test_openvino_runs_the_exported_model(host, tmp_path):
+    """OpenVINO, a second runtime of the same file: its graph form
+    (clip_before_quantize) computes onnxruntime's codes and outputs in
+    onnxruntime itself; in OpenVINO at f32 the Linear layers run on its int8
+    kernels and the logits are onnxruntime's (up to a flipped code); any
+    batch size runs."""
+    pytest.importorskip('openvino')
+    from gplq_mm.deploy.session import (
+        clip_before_quantize,
+        openvino_kernels,
+        run_batched,
+    )
+    model = build(host, quant_cfg=dict(deployable=True))
+    path = str(tmp_path / 'm.onnx')
+    export_onnx(model, path, _images(4, 3))
+    x = _images(7, seed=11).numpy()
+    ref = run_batched(session(path), x)[0]
+    moved = clip_before_quantize(onnx.load(path))
+    producer = {o: n.op_type for n in moved.graph.node for o in n.output}
+    clips = [n for n in moved.graph.node if n.op_type == 'Clip']
+    assert clips and all(producer.get(n.input[0]) != 'QuantizeLinear'
+                         for n in clips)
+    np.testing.assert_array_equal(run_batched(session(moved), x)[0], ref)
+    ov = session(path, runtime='openvino-f32')
+    got = run_batched(ov, x)[0]
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, atol=0.02 * np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    fc = openvino_kernels(ov)['FullyConnected']
+    linears = sum(isinstance(m, torch.nn.Linear) and is_quant_layer(m)
+                  and m.weight_quantizer.enabled
+                  for m in model.student.modules())
+    assert linears and fc.get('u8', 0) + fc.get('i8', 0) >= linears, fc
+    assert ov.precision == 'f32'
+    with pytest.raises(ValueError, match='runtime'):
+        session(path, runtime='tensorrt')
