@@ -18,5 +18,6 @@ setup(
         demo=['scikit-learn', 'pycocotools'],
         deploy=['onnx>=1.16', 'onnxruntime>=1.20',  # opset 21, INT4
                 'openvino>=2025.0'],
-        tests=['pytest', 'scikit-learn', 'onnx>=1.16', 'onnxruntime>=1.20']),
+        tests=['pytest', 'scikit-learn', 'onnx>=1.16', 'onnxruntime>=1.20',
+               'openvino>=2025.0']),
 )

@@ -89,7 +89,7 @@ def main():
         f'Demo ViT (digits, {n_val} val images, 1 image = '
         f'{100 / n_val:.2f} points), W4A4 deployable; CPU, '
         f'{args.threads} threads; OpenVINO in its default precision (bf16 '
-        'float layers on AMX CPUs) unless f32 is said', '',
+        'float layers on CPUs with AMX or AVX512_BF16) unless f32 is said', '',
         '| measure | value |', '|---|---|',
         *(f'| top-1, {k} | {v:.2f} |' for k, v in top1.items()),
         f'| predictions agreeing, ONNX vs PyTorch W4A4 | '

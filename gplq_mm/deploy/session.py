@@ -195,8 +195,8 @@ def openvino_kernels(sess: OpenVINOSession) -> Dict[str, Dict[str, int]]:
         info = op.get_rt_info()
         kind = str(info['layerType'].astype(str)) if 'layerType' in info \
             else op.get_type_name()
-        if kind in ('FullyConnected', 'MatMul', 'Convolution',
-                    'Deconvolution', 'GroupConvolution'):
+        if kind.startswith(('FullyConnected', 'MatMul', 'Convolution',
+                            'Deconvolution', 'GroupConvolution')):
             prec = str(info['runtimePrecision'].astype(str))
             counts[kind][prec] += 1
     return {k: dict(v) for k, v in counts.items()}

@@ -94,6 +94,14 @@ def test_export_refuses_a_stage1_checkpoint_in_one_line(deploy_run):
     assert 'Traceback' not in proc.stderr
     assert not any(f.endswith('.onnx')
                    for f in os.listdir(osp.join(deploy_run, 'refused')))
+    # a runtime is for an export, not a checkpoint
+    proc = _tool('tools/test.py', osp.join(deploy_run, 'cfg.py'),
+                 osp.join(deploy_run, 'gplq-deploy_w4a4.pth'), '--runtime',
+                 'openvino')
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        'error: --runtime applies to an export (.onnx, a detector export), '
+        'not a checkpoint')
 
 
 @pytest.fixture(scope='module')
