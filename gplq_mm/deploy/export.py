@@ -40,6 +40,7 @@ import torch.nn as nn
 from ..quant import iter_quantizers, prepare_export, set_quant_state
 from ..quant.layers import is_quant_layer
 from ..quant.qdq import one_step
+from .regrid import requantize_matmul_operands
 
 __all__ = ['MIN_OPSET', 'FORMS', 'export_onnx', 'export_forms', 'trace',
            'check_exportable', 'check_opset', 'fold_constants',
@@ -205,7 +206,9 @@ def trace(graph: nn.Module, inputs: torch.Tensor, path: str,
     """Trace ``graph`` (a module taking the image batch; its quantized sites
     in their export form, :func:`~gplq_mm.quant.prepare_export`) to
     ``path``, fold its constants down to the integer codes
-    (:func:`fold_constants`) and check it (``onnx.checker``, full check).
+    (:func:`fold_constants`), requantize the matmul operands that host code
+    moved off the QDQ pattern (:mod:`.regrid`) and check it
+    (``onnx.checker``, full check).
 
     With ``dynamic``, the first axis (named ``axis``: the image batch, or
     a RoI head's RoIs) is symbolic; returns whether
@@ -228,6 +231,12 @@ def trace(graph: nn.Module, inputs: torch.Tensor, path: str,
     _sort_warnings(caught, logger)
     proto = onnx.load(path)
     fold_constants(proto)
+    regrid = requantize_matmul_operands(
+        proto, {'input': inputs.detach().cpu().numpy()})
+    if regrid and logger:
+        logger(f'{regrid} activation x activation matmuls (e.g. Swin\'s '
+               'window attention) take their operands requantized onto '
+               'their grids, for integer kernels')
     onnx.save(proto, path)
     onnx.checker.check_model(path, full_check=True)
     if not dynamic:

@@ -10,6 +10,7 @@ import torch
 from ..quant import composed_paths, iter_quantizers
 from ..quant.functional import codes, patchify
 from ..quant.qdq import export_step
+from .regrid import is_requantize
 from .session import run_batched, session
 
 __all__ = ['parity', 'code_agreement', 'kernel_audit', 'check_graph',
@@ -72,7 +73,7 @@ def _with_codes(path: str):
             consumers.setdefault(i, []).append(n)
     names, zeros = [], []
     for n in proto.graph.node:
-        if n.op_type != 'QuantizeLinear':
+        if n.op_type != 'QuantizeLinear' or is_requantize(n):
             continue
         x = n.input[0]
         while x in producer and producer[x].op_type in ('Clip', 'Min', 'Max'):

@@ -167,6 +167,10 @@ def test_every_quantized_layer_of_every_graph_runs_an_integer_kernel(
         assert k['integer'] > 0, (g['name'], k)
         wrong = [f for f in k['float_nodes'] if f['why'] == QUANTIZED_ON_FLOAT]
         assert not wrong, (g['name'], wrong)
+        # Swin's window attention too, its operands requantized (regrid)
+        attention = [f for f in k['float_nodes']
+                     if f['why'].startswith('activation x activation')]
+        assert not attention, (g['name'], attention)
         # the convs onnxruntime has no fast integer kernel for: the FPN's
         # output convs (RoIAlign reads them) and the RPN conv (two heads)
         slow = {f['module'] for f in k['float_nodes']

@@ -1,0 +1,183 @@
+"""Requantize an activation x activation matmul's operands where the host's
+code moves them off the QDQ pattern, an exact rewrite of an exported graph.
+
+Swin's window attention (mmpretrain's, mmdet's) takes q, k, v from the
+quantized qkv output, then reshapes, permutes and indexes them and scales q
+by a constant before its two matmuls: onnxruntime finds no
+``DequantizeLinear`` at those matmuls' inputs and runs them in float. Every
+value there is still on one integer grid: the ops between (reshapes,
+transposes, gathers, slices, concatenations, a product with a positive
+scalar) move the dequantized codes or scale them all alike. So where each
+element of an operand comes from a per-tensor ``DequantizeLinear`` with the
+same zero point, and its scale field (each element's step, times the
+constants on its way) is one value, ``QuantizeLinear`` ->
+``DequantizeLinear`` with that scale in front of the matmul returns the same
+codes (the operand divided by the scale is its codes up to a float
+rounding) and gives the integer kernels their pattern.
+
+The scale field is computed, not guessed: the operand's cone is replayed on
+each source's step broadcast to its shape (a layout op moves the steps as
+it moves the values; a product with a constant scales them) and run once in
+onnxruntime on the export's example input.
+"""
+import collections
+import copy
+from typing import Dict, List, Optional
+
+import numpy as np
+
+__all__ = ['requantize_matmul_operands', 'is_requantize', 'REQUANTIZE']
+
+REQUANTIZE = 'requantize'  # in the inserted nodes' names
+# ops that move elements: (their data inputs; None: all of them)
+_LAYOUT = {'Reshape': (0, ), 'Transpose': (0, ), 'Squeeze': (0, ),
+           'Unsqueeze': (0, ), 'Gather': (0, ), 'Slice': (0, ),
+           'Split': (0, ), 'Flatten': (0, ), 'Identity': (0, ),
+           'Concat': None}
+
+
+def is_requantize(node) -> bool:
+    """Whether ``node`` was inserted by :func:`requantize_matmul_operands`
+    (not a quantizer of the model)."""
+    return f'/{REQUANTIZE}' in node.name
+
+
+def requantize_matmul_operands(proto, feeds: Dict[str, np.ndarray]) -> int:
+    """Rewrite ``proto`` (changed in place) as the module docstring says;
+    ``feeds``: an input the graph runs on (its traced shapes). Returns the
+    number of matmuls rewritten."""
+    from onnx import helper, numpy_helper
+    g = proto.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def scalar(name) -> Optional[float]:
+        a = consts.get(name)
+        return float(a) if a is not None and a.size == 1 else None
+
+    def source(n):
+        """A per-tensor DequantizeLinear of an activation: its zero point
+        (value, dtype), else None."""
+        if (n.op_type != 'DequantizeLinear' or n.input[0] in consts
+                or len(n.input) < 3 or scalar(n.input[1]) is None
+                or scalar(n.input[2]) is None):
+            return None
+        return scalar(n.input[2]), consts[n.input[2]].dtype
+
+    def data_inputs(n) -> Optional[List[str]]:
+        """The inputs whose elements ``n`` moves or scales; None when it is
+        not such an op."""
+        if n.op_type in _LAYOUT:
+            keep = _LAYOUT[n.op_type]
+            return list(n.input) if keep is None else [n.input[i]
+                                                       for i in keep]
+        if n.op_type in ('Mul', 'Div'):
+            c = [scalar(i) for i in n.input]
+            k = 1 if n.op_type == 'Div' else next(
+                (i for i in (1, 0) if c[i] is not None), None)
+            if k is not None and c[k] is not None and c[k] > 0:
+                return [n.input[1 - k]]
+        return None
+
+    def cone(t, nodes, sources) -> bool:
+        """Collect the nodes between ``t`` and its sources; False when some
+        element of ``t`` does not come from a source."""
+        n = producer.get(t)
+        if n is None:
+            return False
+        if source(n) is not None:
+            sources[n.output[0]] = n
+            return True
+        ins = data_inputs(n)
+        if ins is None or not all(cone(i, nodes, sources) for i in ins):
+            return False
+        nodes[id(n)] = n
+        return True
+
+    plans = []  # (matmul, input index, cone nodes, sources)
+    for mm in g.node:
+        if mm.op_type != 'MatMul' or any(i in consts for i in mm.input):
+            continue
+        todo, ok = [], True
+        for idx, t in enumerate(mm.input):
+            if t in producer and source(producer[t]) is not None:
+                continue  # the pattern already
+            nodes, sources = {}, {}
+            zeros = set()
+            ok = cone(t, nodes, sources) and bool(sources)
+            if ok:
+                zeros = {source(s) for s in sources.values()}
+                ok = len(zeros) == 1
+            if not ok:
+                break
+            todo.append((idx, nodes, sources, zeros.pop()))
+        if ok:
+            plans += [(mm, *p) for p in todo]
+    if not plans:
+        return 0
+
+    # the scale fields, in one run of a copy of the graph
+    field = copy.deepcopy(proto)
+    fg = field.graph
+    wanted = []
+    done = set()
+    order = {id(n): k for k, n in enumerate(g.node)}
+    for mm, idx, nodes, sources, _ in plans:
+        for out, dq in sources.items():
+            if out in done:
+                continue
+            done.add(out)
+            shape = f'{REQUANTIZE}/shape/{out}'
+            fg.node.extend([
+                helper.make_node('Shape', [out], [shape], name=shape),
+                helper.make_node('Expand', [dq.input[1], shape],
+                                 [f'{REQUANTIZE}/{out}'],
+                                 name=f'{REQUANTIZE}/{out}')])
+        for n in sorted(nodes.values(), key=lambda n: order[id(n)]):
+            if n.output[0] in done:
+                continue
+            done.update(n.output)
+            ins = set(data_inputs(n))
+            clone = copy.deepcopy(n)
+            clone.name = f'{REQUANTIZE}/{n.output[0]}'
+            for k, i in enumerate(clone.input):
+                if i in ins:
+                    clone.input[k] = f'{REQUANTIZE}/{i}'
+            for k, o in enumerate(clone.output):
+                clone.output[k] = f'{REQUANTIZE}/{o}'
+            fg.node.append(clone)
+        wanted.append(f'{REQUANTIZE}/{mm.input[idx]}')
+    del fg.output[:]
+    fg.output.extend(helper.make_empty_tensor_value_info(w)
+                     for w in dict.fromkeys(wanted))
+    from .session import session
+    sess = session(field)
+    fields = dict(zip([o.name for o in sess.get_outputs()],
+                      sess.run(None, feeds)))
+
+    steps = {}  # (matmul id, input index) -> the operand's one step
+    for mm, idx, *_ in plans:
+        f = fields[f'{REQUANTIZE}/{mm.input[idx]}']
+        if f.size and f.min() == f.max() and f.min() > 0:
+            steps[id(mm), idx] = np.float32(f.reshape(-1)[0])
+    inserted = collections.defaultdict(list)  # matmul id -> new nodes
+    for mm, idx, _, _, (zero, dtype) in plans:
+        # a matmul with an operand of mixed steps stays float
+        if not all((id(m), i) in steps for m, i, *_ in plans if m is mm):
+            continue
+        base = f'{mm.name}/{REQUANTIZE}{idx}'
+        scale, zp = f'{base}/scale', f'{base}/zero_point'
+        g.initializer.extend([
+            numpy_helper.from_array(np.array(steps[id(mm), idx]), scale),
+            numpy_helper.from_array(np.array(zero, dtype), zp)])
+        codes, value = f'{base}/codes', f'{base}/value'
+        inserted[id(mm)] += [
+            helper.make_node('QuantizeLinear', [mm.input[idx], scale, zp],
+                             [codes], name=f'{base}/QuantizeLinear'),
+            helper.make_node('DequantizeLinear', [codes, scale, zp], [value],
+                             name=f'{base}/DequantizeLinear')]
+        mm.input[idx] = value
+    nodes = [m for n in g.node for m in inserted.get(id(n), []) + [n]]
+    del g.node[:]
+    g.node.extend(nodes)
+    return len(inserted)
