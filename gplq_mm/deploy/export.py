@@ -156,6 +156,16 @@ def fold_constants(proto) -> int:
                     names[node.input[i]] = new
                 node.input[i] = names[node.input[i]]
     consts.update({new: consts[old] for old, new in names.items()})
+    # equal scalars (zero points, clip bounds written per call) under one
+    # name, so that two calls of one quantizer on one tensor are the same
+    # nodes, which onnxruntime merges (one QuantizeLinear after a conv)
+    first = {}
+    for node in keep:
+        for k, i in enumerate(node.input):
+            a = consts.get(i)
+            if a is not None and np.ndim(a) == 0:
+                node.input[k] = first.setdefault(
+                    (np.asarray(a).dtype.str, np.asarray(a).tobytes()), i)
     used = {i for node in keep for i in node.input} | {
         o.name for o in g.output}
     del g.node[:]

@@ -34,6 +34,9 @@ _LAYOUT = {'Reshape': (0, ), 'Transpose': (0, ), 'Squeeze': (0, ),
            'Unsqueeze': (0, ), 'Gather': (0, ), 'Slice': (0, ),
            'Split': (0, ), 'Flatten': (0, ), 'Identity': (0, ),
            'Concat': None}
+# what onnxruntime's QDQ propagation moves a DequantizeLinear past itself
+_PROPAGATED = {'Reshape', 'Transpose', 'Squeeze', 'Unsqueeze', 'Flatten',
+               'Identity'}
 
 
 def is_requantize(node) -> bool:
@@ -110,6 +113,9 @@ def requantize_matmul_operands(proto, feeds: Dict[str, np.ndarray]) -> int:
                 ok = len(zeros) == 1
             if not ok:
                 break
+            if len(sources) == 1 and all(n.op_type in _PROPAGATED
+                                         for n in nodes.values()):
+                continue  # onnxruntime finds the pattern (ViT's k^T)
             todo.append((idx, nodes, sources, zeros.pop()))
         if ok:
             plans += [(mm, *p) for p in todo]

@@ -200,8 +200,8 @@ NOT_REQUANTIZED = ('output not requantized (QLinearConv needs one '
 
 def _requantized(proto) -> Dict[str, bool]:
     """``{Conv node name: whether its output (through a Relu) goes to one
-    QuantizeLinear and nothing else}`` of an exported graph: where
-    onnxruntime can run it as QLinearConv."""
+    quantizer's QuantizeLinear and nothing else}`` of an exported graph:
+    where onnxruntime can run it as QLinearConv."""
     consumers = collections.defaultdict(list)
     for n in proto.graph.node:
         for i in n.input:
@@ -212,8 +212,11 @@ def _requantized(proto) -> Dict[str, bool]:
             after = consumers[n.output[0]]
             if len(after) == 1 and after[0].op_type == 'Relu':
                 after = consumers[after[0].output[0]]
-            out[n.name] = (len(after) == 1
-                           and after[0].op_type == 'QuantizeLinear')
+            # one QuantizeLinear, or several of the same inputs (one
+            # quantizer read by two layers), which onnxruntime merges
+            out[n.name] = bool(after) and all(
+                a.op_type == 'QuantizeLinear'
+                and list(a.input) == list(after[0].input) for a in after)
     return out
 
 

@@ -20,11 +20,14 @@ def signature(method: str, quant_cfg) -> dict:
                 act_granularity=qc.act_granularity,
                 attn_granularity=qc.attn_granularity,
                 softmax_grid=qc.softmax_grid, deployable=qc.deployable,
-                relu_inputs='unsigned' if qc.deployable else 'signed')
+                relu_inputs='unsigned' if qc.deployable else 'signed',
+                # deployable: HostSpec.siblings / shared_outputs
+                shared_quantizers='siblings+outputs' if qc.deployable
+                else 'none')
 
 
 # what a signature key meant in checkpoints written before it existed
-_BEFORE = dict(relu_inputs='signed')
+_BEFORE = dict(relu_inputs='signed', shared_quantizers='none')
 
 
 def saved_signature(checkpoint: dict) -> Optional[dict]:

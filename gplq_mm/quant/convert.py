@@ -5,7 +5,14 @@ from typing import Iterator, Sequence, Union
 import torch.nn as nn
 
 from .config import QuantConfig
-from .hosts import attention_tokens, find_attention_seam, fold_pairs, is_block
+from .hosts import (
+    attention_tokens,
+    find_attention_seam,
+    fold_pairs,
+    is_block,
+    shared_outputs,
+    sibling_groups,
+)
 from .layers import (
     QuantConv2d,
     QuantConvTranspose2d,
@@ -41,7 +48,11 @@ def convert(model: nn.Module,
     :class:`QuantLinear` / :class:`QuantConv2d` /
     :class:`QuantConvTranspose2d` sharing the float Parameters; supported
     attention classes get q / k / v / softmax-output quantizers;
-    transformer blocks get QwT compensators (``config.qwt``). Every
+    transformer blocks get QwT compensators (``config.qwt``). In
+    deployable mode the layers of a ``HostSpec.siblings`` group share one
+    input quantizer (one module, registered under each), and the producers
+    of a ``HostSpec.shared_outputs`` entry quantize their outputs with
+    their consumer's. Every
     quantizer starts disabled and uninitialized, so the converted model
     computes the float output.
 
@@ -62,6 +73,9 @@ def convert(model: nn.Module,
     # (HostSpec.folds)
     after_relu = {lin for src, lin in pairs if not isinstance(
         model.get_submodule(src), nn.LayerNorm)}
+    # layers that read one ReLU output together (HostSpec.siblings)
+    groups = sibling_groups(model) if cfg.deployable else []
+    after_relu.update(n for group in groups for n in group)
     for name, mod in list(model.named_modules()):
         if (_in_scope(name, cfg) and not is_quant_layer(mod)
                 and not isinstance(mod, FakeQuantizer)):
@@ -93,6 +107,17 @@ def convert(model: nn.Module,
             else:
                 continue
             setattr(parent, cname, new)
+    for group in groups:  # deployable: one quantizer for the group's input
+        layers = [model.get_submodule(n) for n in group]
+        if all(is_quant_layer(m) for m in layers):
+            for m in layers[1:]:
+                m.input_quantizer = layers[0].input_quantizer
+    for producers, consumer in (shared_outputs(model) if cfg.deployable
+                                else ()):
+        layers = [model.get_submodule(n) for n in producers + (consumer, )]
+        if all(isinstance(m, QuantConv2d) for m in layers):
+            for m in layers[:-1]:
+                m.output_quantizer = layers[-1].input_quantizer
     if cfg.qwt:
         for _, block in qwt_blocks(model, cfg):
             attach_compensator(block)

@@ -116,10 +116,13 @@ class ExportConv2d(nn.Conv2d):
         wq = layer.weight_quantizer
         self.register_buffer('weight_step', wq.step.detach().clone())
         self.w_range = (wq.qmin, wq.qmax)
+        out = layer.output_quantizer
+        self.output_quantizer = None if out is None else export_of(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return qdq.conv2d(self, x, self.input_quantizer, self.input_step,
-                          self.weight_step, self.w_range)
+        y = qdq.conv2d(self, x, self.input_quantizer, self.input_step,
+                       self.weight_step, self.w_range)
+        return y if self.output_quantizer is None else self.output_quantizer(y)
 
 
 class ExportConvTranspose2d(nn.Module):

@@ -8,8 +8,11 @@ quantized (the seam, see :mod:`gplq_mm.quant.attention`), which attention
 classes only wrap an adapted one, what a transformer block is (QwT
 compensates each), which LayerNorm feeds which Linear inside a block (RepQ
 reparameterization, the block width), which producer feeds which layer
-alone (deployable mode's folds), how wide the features its classification
-heads consume are, and what input size a backbone is configured for.
+alone (deployable mode's folds), which layers share a quantizer in
+deployable mode (siblings reading one ReLU output; a conv whose output the
+next quantized conv reads beside float code), how wide the features its
+classification heads consume are, and what input size a backbone is
+configured for.
 Classes are named by ``'<module>.<qualname>'``, so nothing here imports a
 host, and matched over the MRO, so subclasses inherit their base's entry.
 """
@@ -36,11 +39,14 @@ from .registry import (
     ln_linear_pairs,
     model_task,
     register_host,
+    shared_outputs,
+    sibling_groups,
 )
 
 __all__ = ['HostSpec', 'register_host', 'HOSTS', 'KINDS', 'class_key',
            'is_a', 'find_attention_seam', 'is_block', 'block_width',
-           'ln_linear_pairs', 'fold_pairs', 'attention_tokens',
+           'ln_linear_pairs', 'fold_pairs', 'sibling_groups',
+           'shared_outputs', 'attention_tokens',
            'head_feature_dim', 'model_task', 'input_size']
 
 
@@ -67,6 +73,8 @@ def _window_tokens(attn: nn.Module) -> int:
     """A window attention: its window's positions."""
     ws = attn.window_size
     return ws[0] * ws[1] if isinstance(ws, (tuple, list)) else ws * ws
+
+
 _SWIN_PAIRS = (('norm1', 'attn.w_msa.qkv'), ('norm2', 'ffn.layers.0.0'))
 
 
@@ -76,6 +84,7 @@ def _merging_pairs(merge: nn.Module) -> LNLinear:
             merge, 'use_post_norm', False):
         return ()
     return (('norm', 'reduction'), )
+
 
 def _relu_chain(prefix: str, layers) -> LNLinear:
     """``(producer, next conv)`` along mmcv ConvModules that end in ReLU
@@ -132,6 +141,29 @@ def _swin_fpn_pairs(det: nn.Module) -> LNLinear:
     return tuple(pairs)
 
 
+def _rpn_siblings(head: nn.Module) -> Tuple[Tuple[str, ...], ...]:
+    """mmdet's RPNHead: ``relu(rpn_conv(x))`` feeds ``rpn_cls`` and
+    ``rpn_reg`` (``forward_single``)."""
+    return (('rpn_cls', 'rpn_reg'), )
+
+
+def _fpn_rpn_outputs(det: nn.Module):
+    """mmdet's FPN -> RPN: every FPN output is an output conv's (a
+    ConvModule with neither norm nor activation) or a max-pool of one, and
+    the RPN conv reads each; RoIAlign reads them too."""
+    neck, rpn = getattr(det, 'neck', None), getattr(det, 'rpn_head', None)
+    if not is_a(neck, FPN) or not is_a(
+            rpn, 'mmdet.models.dense_heads.rpn_head.RPNHead'):
+        return ()
+    consumer = 'rpn_head.rpn_conv' if rpn.num_convs == 1 else \
+        'rpn_head.rpn_conv.0.conv'
+    convs = list(neck.fpn_convs)
+    if any(m.with_norm or m.with_activation for m in convs):
+        return ()
+    return ((tuple(f'neck.fpn_convs.{i}.conv' for i in range(len(convs))),
+             consumer), )
+
+
 register_host(HostSpec(
     name='mmpretrain / mmdet whole models',
     models={'mmpretrain.models.classifiers.image.ImageClassifier':
@@ -143,7 +175,10 @@ register_host(HostSpec(
            'mmdet.models.roi_heads.mask_heads.fcn_mask_head.FCNMaskHead':
            _mask_head_pairs,
            'mmdet.models.roi_heads.bbox_heads.convfc_bbox_head.'
-           'ConvFCBBoxHead': _convfc_head_pairs}))
+           'ConvFCBBoxHead': _convfc_head_pairs},
+    siblings={'mmdet.models.dense_heads.rpn_head.RPNHead': _rpn_siblings},
+    shared_outputs={'mmdet.models.detectors.two_stage.TwoStageDetector':
+                    _fpn_rpn_outputs}))
 
 register_host(HostSpec(
     name='mmpretrain VisionTransformer / DeiT',

@@ -111,6 +111,9 @@ class QuantConv2d(nn.Conv2d):
         self.input_quantizer = act_quantizer(act_cfg, in_channels, 1, qdev)
         self.weight_quantizer = _weight_quantizer(weight_cfg, out_channels,
                                                   qdev)
+        # the consumer's input quantizer, in deployable mode, where a
+        # HostSpec.shared_outputs rule names this conv (see convert)
+        self.output_quantizer: Optional[nn.Module] = None
 
     def conv_args(self) -> tuple:
         """The ``nn.Conv2d`` constructor arguments of this layer."""
@@ -143,9 +146,10 @@ class QuantConv2d(nn.Conv2d):
         return torch.round(b / acc) * acc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(
+        y = self._conv_forward(
             self.input_quantizer(x), self.weight_quantizer(self.weight),
             self.integer_bias())
+        return y if self.output_quantizer is None else self.output_quantizer(y)
 
 
 class QuantConvTranspose2d(nn.ConvTranspose2d):

@@ -178,6 +178,11 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, input_quantizer: nn.Module,
     if one and is_patchify(conv):
         (kh, kw), (h, w) = conv.kernel_size, x.shape[-2:]
         h, w = h // kh, w // kw  # the conv drops a remainder, so do we
+        if (kh, kw) == (1, 1):
+            # quantized in the producer's layout (a conv's output), so that
+            # the producer and this QuantizeLinear fuse (QLinearConv);
+            # onnxruntime moves the DequantizeLinear past the layout ops
+            x, input_quantizer = input_quantizer(x), nn.Identity()
         y = matmul(patchify(x[..., :h * kh, :w * kw], (kh, kw)),
                    input_quantizer, True,
                    conv.weight.reshape(conv.out_channels, -1), w_step,

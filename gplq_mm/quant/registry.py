@@ -23,8 +23,9 @@ from .attention import ModuleSeam, SDPASeam
 
 __all__ = ['HostSpec', 'register_host', 'HOSTS', 'KINDS', 'class_key',
            'is_a', 'find_attention_seam', 'is_block', 'block_width',
-           'ln_linear_pairs', 'fold_pairs', 'attention_tokens',
-           'head_feature_dim', 'model_task', 'input_size']
+           'ln_linear_pairs', 'fold_pairs', 'sibling_groups',
+           'shared_outputs', 'attention_tokens', 'head_feature_dim',
+           'model_task', 'input_size']
 
 Seam = Union[SDPASeam, ModuleSeam]
 LNLinear = Tuple[Tuple[str, str], ...]
@@ -62,6 +63,23 @@ class HostSpec:
         input_size (dict): Backbone class -> ``backbone -> (H, W)``, the
             image size it is configured for (benchmarks build inputs of
             it).
+        siblings (dict): Module class -> ``module -> groups`` (tuples of
+            submodule names) of Linear / Conv2d layers that read one ReLU
+            output and nothing else reads: in deployable mode each group
+            shares one unsigned input quantizer, so a single QuantizeLinear
+            takes the producer's output and onnxruntime can run the
+            producing conv as QLinearConv (mmdet's RPN conv, read by its
+            two 1 x 1 heads).
+        shared_outputs (dict): Module class -> ``module -> ((producers,
+            consumer), ...)`` (submodule names): Conv2d producers whose
+            outputs the Conv2d ``consumer`` reads (as they are, or max-pooled)
+            while float code reads them too (mmdet's RoIAlign reads the FPN
+            outputs the RPN conv reads): in deployable mode each producer
+            quantizes its output with the consumer's input quantizer (one
+            module), which the consumer then applies again to the same
+            codes. One QuantizeLinear then follows each producer
+            (QLinearConv), and the float readers see the quantized tensor:
+            a change of the model, which Stage 1 trains.
     """
     name: str
     attention: Dict[str, Seam] = dataclasses.field(default_factory=dict)
@@ -76,12 +94,17 @@ class HostSpec:
         default_factory=dict)
     input_size: Dict[str, Callable[[nn.Module], Tuple[int, int]]] = \
         dataclasses.field(default_factory=dict)
+    siblings: Dict[str, Callable[[nn.Module], Tuple[Tuple[str, ...], ...]]] \
+        = dataclasses.field(default_factory=dict)
+    shared_outputs: Dict[str, Callable[[nn.Module], Tuple[
+        Tuple[Tuple[str, ...], str], ...]]] = dataclasses.field(
+            default_factory=dict)
 
 
 HOSTS: List[HostSpec] = []
 # the HostSpec tables keyed by class
 KINDS = ('attention', 'wrappers', 'blocks', 'heads', 'models', 'folds',
-         'tokens', 'input_size')
+         'tokens', 'input_size', 'siblings', 'shared_outputs')
 
 
 def class_key(cls: type) -> str:
@@ -172,6 +195,30 @@ def fold_pairs(model: nn.Module) -> List[Tuple[str, str]]:
             pairs = rule(mod)
         for ln, lin in pairs or ():
             out.append(tuple(f'{name}.{n}' if name else n for n in (ln, lin)))
+    return out
+
+
+def sibling_groups(model: nn.Module) -> List[Tuple[str, ...]]:
+    """The ``siblings`` groups of ``model`` (names relative to it), see
+    ``HostSpec.siblings``."""
+    out = []
+    for name, mod in model.named_modules():
+        rule = _lookup(mod, 'siblings')
+        for group in (rule(mod) if rule is not None else ()):
+            out.append(tuple(f'{name}.{n}' if name else n for n in group))
+    return out
+
+
+def shared_outputs(model: nn.Module) -> List[Tuple[Tuple[str, ...], str]]:
+    """The ``shared_outputs`` entries of ``model`` (names relative to it),
+    see ``HostSpec.shared_outputs``."""
+    out = []
+    for name, mod in model.named_modules():
+        rule = _lookup(mod, 'shared_outputs')
+        for producers, consumer in (rule(mod) if rule is not None else ()):
+            out.append((tuple(f'{name}.{n}' if name else n
+                              for n in producers),
+                        f'{name}.{consumer}' if name else consumer))
     return out
 
 

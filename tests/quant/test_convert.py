@@ -228,6 +228,81 @@ def test_deployable_folds_the_detector_relu_and_fpn_pairs():
     assert per_channel == names
 
 
+@pytest.mark.parametrize('deployable', [True, False])
+def test_deployable_rpn_heads_share_one_unsigned_input_quantizer(deployable):
+    """mmdet's RPN: relu(rpn_conv) feeds rpn_cls and rpn_reg. Deployable:
+    one unsigned quantizer for both (so one QuantizeLinear follows the
+    conv), calibrated on the tensor they read, saved under both names and
+    loaded back; paper-faithful: one each, signed."""
+    from mmdet.models.dense_heads import RPNHead
+
+    from gplq_mm.quant import calibration
+    torch.manual_seed(0)
+    head = RPNHead(in_channels=8, feat_channels=8,
+                   anchor_generator=dict(type='AnchorGenerator', scales=[8],
+                                         ratios=[0.5, 1.0, 2.0],
+                                         strides=[4]))
+    convert(head, dict(deployable=deployable))
+    cls_q, reg_q = (head.get_submodule(f'rpn_{k}').input_quantizer
+                    for k in ('cls', 'reg'))
+    assert (cls_q is reg_q) == deployable
+    assert cls_q.signed != deployable
+    seen = {}
+    for k in ('cls', 'reg'):
+        getattr(head, f'rpn_{k}').register_forward_pre_hook(
+            lambda m, args, k=k: seen.setdefault(k, args[0].detach()))
+    with calibration(head):
+        head.forward_single(torch.randn(2, 8, 6, 6))
+    assert torch.equal(seen['cls'], seen['reg'])  # one tensor, two readers
+    if deployable:  # per tensor, min-max, on the unsigned grid
+        assert float(cls_q.step.detach()) == pytest.approx(
+            float(seen['cls'].max()) / 15, rel=1e-5)
+    else:  # per channel
+        assert cls_q.step.numel() == 8
+    state = head.state_dict()
+    assert 'rpn_reg.input_quantizer.step' in state
+    fresh = RPNHead(in_channels=8, feat_channels=8,
+                    anchor_generator=dict(type='AnchorGenerator',
+                                          scales=[8], ratios=[0.5, 1.0, 2.0],
+                                          strides=[4]))
+    convert(fresh, dict(deployable=deployable))
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.rpn_reg.input_quantizer.step, reg_q.step)
+
+
+@pytest.mark.parametrize('deployable', [True, False])
+def test_deployable_fpn_outputs_take_the_rpn_conv_quantizer(deployable):
+    """The demo Mask R-CNN at scope full, deployable: each FPN output conv
+    quantizes its output with the RPN conv's input quantizer (one module),
+    so the features RoIAlign reads are on the RPN's grid, and the RPN conv
+    quantizing them again changes nothing."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    from gplq_mm.quant import calibration
+    register_all_modules(init_default_scope=False)
+    cfg = Config.fromfile('configs/demo/mask-rcnn_swin-tiny_digits_fp.py')
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        det = MODELS.build(cfg.model).eval()
+    convert(det, dict(include=('backbone', 'neck', 'rpn_head'),
+                      deployable=deployable))
+    rpn_q = det.rpn_head.rpn_conv.input_quantizer
+    outs = [c.conv.output_quantizer for c in det.neck.fpn_convs]
+    assert all((q is rpn_q) if deployable else (q is None) for q in outs)
+    x = torch.randn(1, 3, 64, 64)
+    with calibration(det):
+        det.rpn_head(det.extract_feat(x))
+    set_quant_state(det, weight=False, act=True)
+    with torch.no_grad():
+        feats = det.extract_feat(x)
+    for f in feats:  # (the last level is a max-pool of the one before)
+        on_grid = torch.equal(rpn_q(f), f)
+        assert on_grid == deployable
+
+
 @pytest.mark.parametrize('name', NAMES)
 def test_token_granularity_gives_one_attention_step_per_token(name):
     """attn_granularity='token': q, k, v steps per token, the softmax's per
