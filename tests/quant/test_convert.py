@@ -175,23 +175,27 @@ def test_deployable_folds_every_per_channel_step(name):
     torch.testing.assert_close(flat(q(x)), after, rtol=1e-5, atol=1e-5)
 
 
+def _demo_detector() -> nn.Module:
+    """The demo Mask R-CNN (random weights, seed 0), in eval mode."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    register_all_modules(init_default_scope=False)
+    cfg = Config.fromfile('configs/demo/mask-rcnn_swin-tiny_digits_fp.py')
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        return MODELS.build(cfg.model).eval()
+
+
 def test_deployable_folds_the_detector_relu_and_fpn_pairs():
     """The demo Mask R-CNN at scope full: the FPN laterals (after the
     backbone's output LayerNorms), the second box fc and the mask convs
     (after ReLU) keep per-channel steps, fold into their producers, and the
     W32A4 outputs stay the same."""
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    from mmengine.config import Config
-    from mmengine.registry import DefaultScope
-
     from gplq_mm.quant import calibration, fold_act_steps
     from gplq_mm.quant.hosts import fold_pairs
-    register_all_modules(init_default_scope=False)
-    cfg = Config.fromfile('configs/demo/mask-rcnn_swin-tiny_digits_fp.py')
-    torch.manual_seed(0)
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        det = MODELS.build(cfg.model).eval()
+    det = _demo_detector()
     convert(det, dict(include=('backbone', 'neck', 'roi_head'),
                       deployable=True))
     x = torch.randn(1, 3, 64, 64)
@@ -276,17 +280,8 @@ def test_deployable_fpn_outputs_take_the_rpn_conv_quantizer(deployable):
     quantizes its output with the RPN conv's input quantizer (one module),
     so the features RoIAlign reads are on the RPN's grid, and the RPN conv
     quantizing them again changes nothing."""
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    from mmengine.config import Config
-    from mmengine.registry import DefaultScope
-
     from gplq_mm.quant import calibration
-    register_all_modules(init_default_scope=False)
-    cfg = Config.fromfile('configs/demo/mask-rcnn_swin-tiny_digits_fp.py')
-    torch.manual_seed(0)
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        det = MODELS.build(cfg.model).eval()
+    det = _demo_detector()
     convert(det, dict(include=('backbone', 'neck', 'rpn_head'),
                       deployable=deployable))
     rpn_q = det.rpn_head.rpn_conv.input_quantizer
