@@ -21,13 +21,13 @@ def signature(method: str, quant_cfg) -> dict:
                 attn_granularity=qc.attn_granularity,
                 softmax_grid=qc.softmax_grid, deployable=qc.deployable,
                 relu_inputs='unsigned' if qc.deployable else 'signed',
-                # deployable: HostSpec.siblings / shared_outputs
-                shared_quantizers='siblings+outputs' if qc.deployable
-                else 'none')
+                # deployable: HostSpec.siblings / requantized_outputs
+                deploy_rules=f'shared-siblings,outputs-{qc.output_bits}bit'
+                if qc.deployable else 'none')
 
 
 # what a signature key meant in checkpoints written before it existed
-_BEFORE = dict(relu_inputs='signed', shared_quantizers='none')
+_BEFORE = dict(relu_inputs='signed', deploy_rules='none')
 
 
 def saved_signature(checkpoint: dict) -> Optional[dict]:

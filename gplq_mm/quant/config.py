@@ -8,7 +8,8 @@ from .quantizer import GRIDS, INIT_METHODS
 
 __all__ = ['QuantConfig']
 
-_BIT_FIELDS = ('w_bits', 'a_bits', 'attn_bits', 'patch_embed_bits')
+_BIT_FIELDS = ('w_bits', 'a_bits', 'attn_bits', 'patch_embed_bits',
+               'output_bits')
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class QuantConfig:
             ``patch_embed_patterns``. Defaults to 8.
         patch_embed_patterns (tuple[str]): fnmatch patterns over module
             names. Defaults to ``('*patch_embed*',)``.
+        output_bits (int): Bits of the outputs deployable mode requantizes
+            (``HostSpec.requantized_outputs``: the FPN's outputs, which
+            RoIAlign reads). Defaults to 8.
         act_granularity (str): Linear / Conv2d inputs: ``'channel'`` (one step
             per input feature) or ``'tensor'``. Defaults to ``'channel'``.
         attn_granularity (str): q, k, v and softmax output: ``'head'`` (one
@@ -63,6 +67,7 @@ class QuantConfig:
     a_bits: int = 4
     attn_bits: Optional[int] = None
     patch_embed_bits: int = 8
+    output_bits: int = 8
     patch_embed_patterns: Tuple[str, ...] = ('*patch_embed*', )
     act_granularity: str = 'channel'
     attn_granularity: str = 'head'

@@ -10,13 +10,14 @@ from .hosts import (
     find_attention_seam,
     fold_pairs,
     is_block,
-    shared_outputs,
+    requantized_outputs,
     sibling_groups,
 )
 from .layers import (
     QuantConv2d,
     QuantConvTranspose2d,
     QuantLinear,
+    act_quantizer,
     is_quant_layer,
 )
 from .quantizer import FakeQuantizer
@@ -50,9 +51,9 @@ def convert(model: nn.Module,
     attention classes get q / k / v / softmax-output quantizers;
     transformer blocks get QwT compensators (``config.qwt``). In
     deployable mode the layers of a ``HostSpec.siblings`` group share one
-    input quantizer (one module, registered under each), and the producers
-    of a ``HostSpec.shared_outputs`` entry quantize their outputs with
-    their consumer's. Every
+    input quantizer (one module, registered under each), and the convs of
+    ``HostSpec.requantized_outputs`` quantize their outputs at
+    ``config.output_bits``. Every
     quantizer starts disabled and uninitialized, so the converted model
     computes the float output.
 
@@ -112,12 +113,13 @@ def convert(model: nn.Module,
         if all(is_quant_layer(m) for m in layers):
             for m in layers[1:]:
                 m.input_quantizer = layers[0].input_quantizer
-    for producers, consumer in (shared_outputs(model) if cfg.deployable
-                                else ()):
-        layers = [model.get_submodule(n) for n in producers + (consumer, )]
-        if all(isinstance(m, QuantConv2d) for m in layers):
-            for m in layers[:-1]:
-                m.output_quantizer = layers[-1].input_quantizer
+    out_cfg = dict(cfg.quantizer_cfgs()['act'], bits=cfg.output_bits,
+                   granularity='tensor', signed=True)
+    for name in requantized_outputs(model) if cfg.deployable else ():
+        conv = model.get_submodule(name)
+        if isinstance(conv, QuantConv2d) and conv.output_quantizer is None:
+            conv.output_quantizer = act_quantizer(
+                out_cfg, conv.out_channels, 1, conv.weight.device)
     if cfg.qwt:
         for _, block in qwt_blocks(model, cfg):
             attach_compensator(block)

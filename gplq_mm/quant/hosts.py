@@ -9,8 +9,9 @@ classes only wrap an adapted one, what a transformer block is (QwT
 compensates each), which LayerNorm feeds which Linear inside a block (RepQ
 reparameterization, the block width), which producer feeds which layer
 alone (deployable mode's folds), which layers share a quantizer in
-deployable mode (siblings reading one ReLU output; a conv whose output the
-next quantized conv reads beside float code), how wide the features its
+deployable mode (siblings reading one ReLU output) and which convs
+requantize their output (read by a quantized conv beside float code), how
+wide the features its
 classification heads consume are, and what input size a backbone is
 configured for.
 Classes are named by ``'<module>.<qualname>'``, so nothing here imports a
@@ -39,14 +40,14 @@ from .registry import (
     ln_linear_pairs,
     model_task,
     register_host,
-    shared_outputs,
+    requantized_outputs,
     sibling_groups,
 )
 
 __all__ = ['HostSpec', 'register_host', 'HOSTS', 'KINDS', 'class_key',
            'is_a', 'find_attention_seam', 'is_block', 'block_width',
            'ln_linear_pairs', 'fold_pairs', 'sibling_groups',
-           'shared_outputs', 'attention_tokens',
+           'requantized_outputs', 'attention_tokens',
            'head_feature_dim', 'model_task', 'input_size']
 
 
@@ -147,21 +148,16 @@ def _rpn_siblings(head: nn.Module) -> Tuple[Tuple[str, ...], ...]:
     return (('rpn_cls', 'rpn_reg'), )
 
 
-def _fpn_rpn_outputs(det: nn.Module):
-    """mmdet's FPN -> RPN: every FPN output is an output conv's (a
-    ConvModule with neither norm nor activation) or a max-pool of one, and
-    the RPN conv reads each; RoIAlign reads them too."""
+def _fpn_outputs(det: nn.Module) -> Tuple[str, ...]:
+    """mmdet's FPN under an RPN: every output conv (a ConvModule with
+    neither norm nor activation) feeds the RPN conv and RoIAlign."""
     neck, rpn = getattr(det, 'neck', None), getattr(det, 'rpn_head', None)
     if not is_a(neck, FPN) or not is_a(
-            rpn, 'mmdet.models.dense_heads.rpn_head.RPNHead'):
+            rpn, 'mmdet.models.dense_heads.rpn_head.RPNHead') or any(
+                m.with_norm or m.with_activation for m in neck.fpn_convs):
         return ()
-    consumer = 'rpn_head.rpn_conv' if rpn.num_convs == 1 else \
-        'rpn_head.rpn_conv.0.conv'
-    convs = list(neck.fpn_convs)
-    if any(m.with_norm or m.with_activation for m in convs):
-        return ()
-    return ((tuple(f'neck.fpn_convs.{i}.conv' for i in range(len(convs))),
-             consumer), )
+    return tuple(f'neck.fpn_convs.{i}.conv'
+                 for i in range(len(neck.fpn_convs)))
 
 
 register_host(HostSpec(
@@ -177,8 +173,8 @@ register_host(HostSpec(
            'mmdet.models.roi_heads.bbox_heads.convfc_bbox_head.'
            'ConvFCBBoxHead': _convfc_head_pairs},
     siblings={'mmdet.models.dense_heads.rpn_head.RPNHead': _rpn_siblings},
-    shared_outputs={'mmdet.models.detectors.two_stage.TwoStageDetector':
-                    _fpn_rpn_outputs}))
+    requantized_outputs={
+        'mmdet.models.detectors.two_stage.TwoStageDetector': _fpn_outputs}))
 
 register_host(HostSpec(
     name='mmpretrain VisionTransformer / DeiT',

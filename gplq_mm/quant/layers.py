@@ -111,9 +111,9 @@ class QuantConv2d(nn.Conv2d):
         self.input_quantizer = act_quantizer(act_cfg, in_channels, 1, qdev)
         self.weight_quantizer = _weight_quantizer(weight_cfg, out_channels,
                                                   qdev)
-        # the consumer's input quantizer, in deployable mode, where a
-        # HostSpec.shared_outputs rule names this conv (see convert)
-        self.output_quantizer: Optional[nn.Module] = None
+        # deployable mode, where HostSpec.requantized_outputs names this
+        # conv (see convert)
+        self.output_quantizer: Optional[FakeQuantizer] = None
 
     def conv_args(self) -> tuple:
         """The ``nn.Conv2d`` constructor arguments of this layer."""

@@ -24,7 +24,7 @@ from .attention import ModuleSeam, SDPASeam
 __all__ = ['HostSpec', 'register_host', 'HOSTS', 'KINDS', 'class_key',
            'is_a', 'find_attention_seam', 'is_block', 'block_width',
            'ln_linear_pairs', 'fold_pairs', 'sibling_groups',
-           'shared_outputs', 'attention_tokens', 'head_feature_dim',
+           'requantized_outputs', 'attention_tokens', 'head_feature_dim',
            'model_task', 'input_size']
 
 Seam = Union[SDPASeam, ModuleSeam]
@@ -70,16 +70,14 @@ class HostSpec:
             takes the producer's output and onnxruntime can run the
             producing conv as QLinearConv (mmdet's RPN conv, read by its
             two 1 x 1 heads).
-        shared_outputs (dict): Module class -> ``module -> ((producers,
-            consumer), ...)`` (submodule names): Conv2d producers whose
-            outputs the Conv2d ``consumer`` reads (as they are, or max-pooled)
-            while float code reads them too (mmdet's RoIAlign reads the FPN
-            outputs the RPN conv reads): in deployable mode each producer
-            quantizes its output with the consumer's input quantizer (one
-            module), which the consumer then applies again to the same
-            codes. One QuantizeLinear then follows each producer
-            (QLinearConv), and the float readers see the quantized tensor:
-            a change of the model, which Stage 1 trains.
+        requantized_outputs (dict): Module class -> ``module ->
+            producers`` (submodule names): Conv2d layers whose output a
+            quantized conv reads beside float code (mmdet's FPN output
+            convs: the RPN conv and RoIAlign read them), so no single
+            QuantizeLinear follows them: in deployable mode each quantizes
+            its output per tensor at ``QuantConfig.output_bits`` (8), and
+            onnxruntime runs it as QLinearConv; the float readers see the
+            8-bit tensor.
     """
     name: str
     attention: Dict[str, Seam] = dataclasses.field(default_factory=dict)
@@ -96,15 +94,14 @@ class HostSpec:
         dataclasses.field(default_factory=dict)
     siblings: Dict[str, Callable[[nn.Module], Tuple[Tuple[str, ...], ...]]] \
         = dataclasses.field(default_factory=dict)
-    shared_outputs: Dict[str, Callable[[nn.Module], Tuple[
-        Tuple[Tuple[str, ...], str], ...]]] = dataclasses.field(
-            default_factory=dict)
+    requantized_outputs: Dict[str, Callable[[nn.Module], Tuple[str, ...]]] \
+        = dataclasses.field(default_factory=dict)
 
 
 HOSTS: List[HostSpec] = []
 # the HostSpec tables keyed by class
 KINDS = ('attention', 'wrappers', 'blocks', 'heads', 'models', 'folds',
-         'tokens', 'input_size', 'siblings', 'shared_outputs')
+         'tokens', 'input_size', 'siblings', 'requantized_outputs')
 
 
 def class_key(cls: type) -> str:
@@ -209,16 +206,14 @@ def sibling_groups(model: nn.Module) -> List[Tuple[str, ...]]:
     return out
 
 
-def shared_outputs(model: nn.Module) -> List[Tuple[Tuple[str, ...], str]]:
-    """The ``shared_outputs`` entries of ``model`` (names relative to it),
-    see ``HostSpec.shared_outputs``."""
+def requantized_outputs(model: nn.Module) -> List[str]:
+    """The ``requantized_outputs`` producers of ``model`` (names relative
+    to it), see ``HostSpec.requantized_outputs``."""
     out = []
     for name, mod in model.named_modules():
-        rule = _lookup(mod, 'shared_outputs')
-        for producers, consumer in (rule(mod) if rule is not None else ()):
-            out.append((tuple(f'{name}.{n}' if name else n
-                              for n in producers),
-                        f'{name}.{consumer}' if name else consumer))
+        rule = _lookup(mod, 'requantized_outputs')
+        for n in (rule(mod) if rule is not None else ()):
+            out.append(f'{name}.{n}' if name else n)
     return out
 
 

@@ -69,7 +69,7 @@ def test_one_run_gives_w4a4_checkpoint_that_tests(digits_root, fp_checkpoint,
         method='gplq', w_bits=4, a_bits=4, attn_bits=4, patch_embed_bits=8,
         act_granularity='channel', attn_granularity='head',
         softmax_grid='uniform', deployable=False,
-        relu_inputs='signed', shared_quantizers='none')
+        relu_inputs='signed', deploy_rules='none')
     for kw, match in ((dict(quant_cfg=dict(w_bits=3, a_bits=3)),
                        r'w_bits=4 \(this config: 3\), a_bits=4 \(this '
                        r'config: 3\)'),

@@ -275,27 +275,32 @@ def test_deployable_rpn_heads_share_one_unsigned_input_quantizer(deployable):
 
 
 @pytest.mark.parametrize('deployable', [True, False])
-def test_deployable_fpn_outputs_take_the_rpn_conv_quantizer(deployable):
-    """The demo Mask R-CNN at scope full, deployable: each FPN output conv
-    quantizes its output with the RPN conv's input quantizer (one module),
-    so the features RoIAlign reads are on the RPN's grid, and the RPN conv
-    quantizing them again changes nothing."""
+def test_deployable_fpn_outputs_are_requantized_at_8_bits(deployable):
+    """The demo Mask R-CNN, deployable: each FPN output conv quantizes its
+    output per tensor at 8 bits (its own quantizer), so one QuantizeLinear
+    follows it; the features RoIAlign reads are on that grid, and the RPN
+    conv keeps its own 4-bit input quantizer."""
     from gplq_mm.quant import calibration
     det = _demo_detector()
     convert(det, dict(include=('backbone', 'neck', 'rpn_head'),
                       deployable=deployable))
-    rpn_q = det.rpn_head.rpn_conv.input_quantizer
     outs = [c.conv.output_quantizer for c in det.neck.fpn_convs]
-    assert all((q is rpn_q) if deployable else (q is None) for q in outs)
+    if not deployable:
+        assert outs == [None] * len(outs)
+        return
+    rpn_q = det.rpn_head.rpn_conv.input_quantizer
+    assert len({id(q) for q in outs}) == len(outs) and rpn_q not in outs
+    assert {(q.bits, q.signed, q.step.numel()) for q in outs} == {
+        (8, True, 1)} and rpn_q.bits == 4
     x = torch.randn(1, 3, 64, 64)
     with calibration(det):
         det.rpn_head(det.extract_feat(x))
     set_quant_state(det, weight=False, act=True)
     with torch.no_grad():
         feats = det.extract_feat(x)
-    for f in feats:  # (the last level is a max-pool of the one before)
-        on_grid = torch.equal(rpn_q(f), f)
-        assert on_grid == deployable
+    # the levels the output convs make (a last one may be a max-pool)
+    for q, f in zip(outs, feats):
+        assert torch.equal(q(f), f)
 
 
 @pytest.mark.parametrize('name', NAMES)
