@@ -143,9 +143,16 @@ def test_detector_export_check_and_evaluation(det_deploy_run):
         ov = check['openvino_kernels']
         assert sum(p.get('u8', 0) + p.get('i8', 0)
                    for p in ov.values()) > 0, (name, ov)
-    # each float kernel is logged with why
-    assert 'trunk_128x128:   float FusedConv /rpn_head/rpn_conv/Conv' in (
-        proc.stdout + proc.stderr)
+    # each float kernel is logged with why (the trunk's: QwT compensators
+    # only; every conv and attention matmul is integer)
+    log = proc.stdout + proc.stderr
+    trunk = summary['check']['trunk_128x128']['kernels']['float_nodes']
+    assert all(f['why'] == 'QwT compensator (FP32 by design)'
+               for f in trunk), trunk
+    for name, check in summary['check'].items():
+        for f in check['kernels']['float_nodes']:
+            assert (f'{name}:   float {f["op"]} {f["node"]} '
+                    f'({f["module"]}): {f["why"]}') in log, f
     maps = {}
     for name, args in (
             ('torch', (cfg, ckpt)), ('onnx', (cfg, out)),
