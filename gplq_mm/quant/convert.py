@@ -108,22 +108,30 @@ def convert(model: nn.Module,
             else:
                 continue
             setattr(parent, cname, new)
-    for group in groups:  # deployable: one quantizer for the group's input
+    if cfg.deployable:
+        _deployable_rules(model, cfg, groups)
+    if cfg.qwt:
+        for _, block in qwt_blocks(model, cfg):
+            attach_compensator(block)
+    return model
+
+
+def _deployable_rules(model: nn.Module, cfg: QuantConfig, groups) -> None:
+    """Each sibling group (``HostSpec.siblings``) takes its first layer's
+    input quantizer; each ``HostSpec.requantized_outputs`` conv quantizes
+    its output per tensor at ``cfg.output_bits``."""
+    for group in groups:
         layers = [model.get_submodule(n) for n in group]
         if all(is_quant_layer(m) for m in layers):
             for m in layers[1:]:
                 m.input_quantizer = layers[0].input_quantizer
     out_cfg = dict(cfg.quantizer_cfgs()['act'], bits=cfg.output_bits,
                    granularity='tensor', signed=True)
-    for name in requantized_outputs(model) if cfg.deployable else ():
+    for name in requantized_outputs(model):
         conv = model.get_submodule(name)
         if isinstance(conv, QuantConv2d) and conv.output_quantizer is None:
             conv.output_quantizer = act_quantizer(
                 out_cfg, conv.out_channels, 1, conv.weight.device)
-    if cfg.qwt:
-        for _, block in qwt_blocks(model, cfg):
-            attach_compensator(block)
-    return model
 
 
 def _tokens(model: nn.Module, name: str) -> int:

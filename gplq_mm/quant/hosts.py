@@ -11,9 +11,8 @@ reparameterization, the block width), which producer feeds which layer
 alone (deployable mode's folds), which layers share a quantizer in
 deployable mode (siblings reading one ReLU output) and which convs
 requantize their output (read by a quantized conv beside float code), how
-wide the features its
-classification heads consume are, and what input size a backbone is
-configured for.
+wide the features its classification heads consume are, and what input size
+a backbone is configured for.
 Classes are named by ``'<module>.<qualname>'``, so nothing here imports a
 host, and matched over the MRO, so subclasses inherit their base's entry.
 """

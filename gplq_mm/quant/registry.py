@@ -191,30 +191,37 @@ def fold_pairs(model: nn.Module) -> List[Tuple[str, str]]:
         if rule is not None:
             pairs = rule(mod)
         for ln, lin in pairs or ():
-            out.append(tuple(f'{name}.{n}' if name else n for n in (ln, lin)))
+            out.append((_in(name, ln), _in(name, lin)))
     return out
+
+
+def _in(name: str, sub: str) -> str:
+    """Submodule ``sub`` of the module ``name``, named from the model."""
+    return f'{name}.{sub}' if name else sub
+
+
+def _rules(model: nn.Module, kind: str):
+    """``(name, what its rule returns)`` of each module of ``model`` with
+    a ``kind`` rule."""
+    for name, mod in model.named_modules():
+        rule = _lookup(mod, kind)
+        if rule is not None:
+            yield name, rule(mod)
 
 
 def sibling_groups(model: nn.Module) -> List[Tuple[str, ...]]:
     """The ``siblings`` groups of ``model`` (names relative to it), see
     ``HostSpec.siblings``."""
-    out = []
-    for name, mod in model.named_modules():
-        rule = _lookup(mod, 'siblings')
-        for group in (rule(mod) if rule is not None else ()):
-            out.append(tuple(f'{name}.{n}' if name else n for n in group))
-    return out
+    return [tuple(_in(name, n) for n in group)
+            for name, groups in _rules(model, 'siblings') for group in groups]
 
 
 def requantized_outputs(model: nn.Module) -> List[str]:
     """The ``requantized_outputs`` producers of ``model`` (names relative
     to it), see ``HostSpec.requantized_outputs``."""
-    out = []
-    for name, mod in model.named_modules():
-        rule = _lookup(mod, 'requantized_outputs')
-        for n in (rule(mod) if rule is not None else ()):
-            out.append(f'{name}.{n}' if name else n)
-    return out
+    return [_in(name, n)
+            for name, convs in _rules(model, 'requantized_outputs')
+            for n in convs]
 
 
 def attention_tokens(model: nn.Module, name: str) -> Optional[int]:

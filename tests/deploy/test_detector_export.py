@@ -172,8 +172,8 @@ def test_every_quantized_layer_of_every_graph_runs_an_integer_kernel(
                      if f['why'].startswith('activation x activation')]
         assert not attention, (g['name'], attention)
         # every conv requantized, so onnxruntime runs it as QLinearConv: the
-        # FPN's output convs (their outputs quantized by the RPN conv's
-        # quantizer) and the RPN conv (its two heads share one quantizer)
+        # FPN's output convs (their outputs requantized at 8 bits) and the
+        # RPN conv (its two heads share one quantizer)
         slow = [f['module'] for f in k['float_nodes']
                 if f['why'] == NOT_REQUANTIZED]
         assert not slow, slow
