@@ -95,7 +95,8 @@ def detector_speed(cfg, export: str, batches, threads: int = 2,
     passes of ``batches`` (preprocessed ``dict(inputs, data_samples)``; the
     first pass of each warms up and is dropped); the median pass per part;
     and ``ratio_fastest`` of the W4A4 runs' totals. ``cfg``: the GPLQ
-    detector config (a ``Config``). OpenVINO runs in its default precision
+    detector config (a ``Config``); no score threshold, so that every run
+    keeps ``max_per_img`` detections per image. OpenVINO runs in its default precision
     only."""
     import copy
 
@@ -108,6 +109,12 @@ def detector_speed(cfg, export: str, batches, threads: int = 2,
             continue              # default, bf16, the fastest
         c = detector_test_config(copy.deepcopy(cfg), export, form, rt)
         c.model['threads'] = threads
+        # Equal work in every run: with random weights the score threshold
+        # keeps a different number of detections per model (8 against 50
+        # here), and the mask head and paste cost per detection; without it
+        # each image keeps the config's max_per_img, as a trained COCO
+        # model near that cap does.
+        c.model['architecture']['test_cfg']['rcnn']['score_thr'] = 0.
         with DefaultScope.overwrite_default_scope('mmdet'):
             models[label] = MODELS.build(c.model)
     passes = {k: [] for k in models}

@@ -224,6 +224,52 @@ def test_a_padded_conv_runs_qlinearconv_before_a_quantizer(consumer,
     assert ops.get('Conv', 0) + ops.get('FusedConv', 0) == 1, ops
 
 
+def test_a_1x1_conv_runs_as_an_integer_matmul_on_transposed_pixels(
+        tmp_path):
+    """A 1 x 1 conv (FPN laterals, the RPN's heads) exports as a matmul
+    over the pixels, which onnxruntime runs as MatMulIntegerToFloat; the
+    pixels move by a 3-D Transpose (a 6-D one, the general patch layout,
+    ran ~30x slower on the detector's 800 x 1344 RPN input); the values of
+    the PyTorch layers. (Its producer runs as QLinearConv in a graph of
+    fixed size, as the detector's trunk; with this test's dynamic batch
+    the 1 x 1 conv reads its input's sizes from the producer's output,
+    which keeps the producer float.)"""
+    import onnx
+
+    from gplq_mm.quant import (
+        QuantConfig,
+        calibration,
+        convert,
+        quantize_weights,
+        set_quant_state,
+    )
+    from gplq_mm.quant.layers import act_quantizer
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1),
+                              torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    convert(net, QuantConfig(act_granularity='tensor', qwt=False))
+    net[2].input_quantizer = act_quantizer(
+        dict(bits=4, granularity='tensor', signed=False), 8, 1)
+    net.eval()
+    x = _images(4, 7)
+    with calibration(net):
+        net(x)
+    quantize_weights(net)
+    set_quant_state(net, weight=True, act=True)
+    path = str(tmp_path / 'conv1x1.onnx')
+    with torch.no_grad():
+        ref = net(x).numpy()
+    assert trace(net, x, path)
+    got = session(path).run(None, {'input': x.numpy()})[0]
+    close = np.isclose(got, ref, rtol=1e-4, atol=1e-3)
+    assert close.mean() > 0.99, close.mean()
+    ops = kernel_ops(path, x.numpy())
+    assert ops.get('MatMulIntegerToFloat', 0) == 1, ops
+    perms = [len(a.ints) for n in onnx.load(path).graph.node
+             if n.op_type == 'Transpose' for a in n.attribute]
+    assert perms and max(perms) <= 4, perms
+
+
 def test_float16_storage_halves_only_the_float_matrices(tmp_path):
     model = build('deit', quant_cfg=dict(deployable=True))
     runtime = str(tmp_path / 'm.onnx')
