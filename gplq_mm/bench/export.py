@@ -96,8 +96,8 @@ def detector_speed(cfg, export: str, batches, threads: int = 2,
     first pass of each warms up and is dropped); the median pass per part;
     and ``ratio_fastest`` of the W4A4 runs' totals. ``cfg``: the GPLQ
     detector config (a ``Config``); no score threshold, so that every run
-    keeps ``max_per_img`` detections per image. OpenVINO runs in its default precision
-    only."""
+    keeps ``max_per_img`` detections per image. OpenVINO runs in its
+    default precision only."""
     import copy
 
     from mmengine.registry import MODELS, DefaultScope
