@@ -180,12 +180,11 @@ def test_opset_below_21_is_refused(tmp_path):
                     opset=20)
 
 
-@pytest.mark.parametrize('consumer', [True, False])
-def test_a_padded_conv_runs_qlinearconv_before_a_quantizer(consumer,
-                                                           tmp_path):
-    """A Conv2d that is not a patch embedding: onnxruntime runs it as
-    QLinearConv when a quantizer takes its output (through the ReLU), in
-    float otherwise; the values of the PyTorch layers either way."""
+def _quantize_per_tensor(net: torch.nn.Sequential, x: torch.Tensor) -> None:
+    """``net`` (a conv, a ReLU[, a layer]) converted with per-tensor steps,
+    the layer after the ReLU quantizing its input unsigned (as deployable
+    mode does), calibrated on ``x``, weights quantized, every quantizer on;
+    in eval mode (the bias on the accumulator's grid, QLinearConv's)."""
     from gplq_mm.quant import (
         QuantConfig,
         calibration,
@@ -194,21 +193,31 @@ def test_a_padded_conv_runs_qlinearconv_before_a_quantizer(consumer,
         set_quant_state,
     )
     from gplq_mm.quant.layers import act_quantizer
+    convert(net, QuantConfig(act_granularity='tensor', qwt=False))
+    if len(net) > 2:
+        net[2].input_quantizer = act_quantizer(
+            dict(bits=4, granularity='tensor', signed=False),
+            net[0].out_channels, 1)
+    net.eval()
+    with calibration(net):
+        net(x)
+    quantize_weights(net)
+    set_quant_state(net, weight=True, act=True)
+
+
+@pytest.mark.parametrize('consumer', [True, False])
+def test_a_padded_conv_runs_qlinearconv_before_a_quantizer(consumer,
+                                                           tmp_path):
+    """A Conv2d that is not a patch embedding: onnxruntime runs it as
+    QLinearConv when a quantizer takes its output (through the ReLU), in
+    float otherwise; the values of the PyTorch layers either way."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1),
                               torch.nn.ReLU())
     if consumer:
         net.append(torch.nn.Conv2d(8, 4, 3, padding=1))
-    convert(net, QuantConfig(act_granularity='tensor', qwt=False))
-    if consumer:  # after the ReLU, as deployable mode quantizes it
-        net[2].input_quantizer = act_quantizer(
-            dict(bits=4, granularity='tensor', signed=False), 8, 1)
-    net.eval()  # the bias on the accumulator's grid (QLinearConv's)
     x = _images(4, 7)
-    with calibration(net):
-        net(x)
-    quantize_weights(net)
-    set_quant_state(net, weight=True, act=True)
+    _quantize_per_tensor(net, x)
     path = str(tmp_path / 'conv.onnx')
     with torch.no_grad():
         ref = net(x).numpy()
@@ -235,27 +244,11 @@ def test_a_1x1_conv_runs_as_an_integer_matmul_on_transposed_pixels(
     the 1 x 1 conv reads its input's sizes from the producer's output,
     which keeps the producer float.)"""
     import onnx
-
-    from gplq_mm.quant import (
-        QuantConfig,
-        calibration,
-        convert,
-        quantize_weights,
-        set_quant_state,
-    )
-    from gplq_mm.quant.layers import act_quantizer
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1),
                               torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
-    convert(net, QuantConfig(act_granularity='tensor', qwt=False))
-    net[2].input_quantizer = act_quantizer(
-        dict(bits=4, granularity='tensor', signed=False), 8, 1)
-    net.eval()
     x = _images(4, 7)
-    with calibration(net):
-        net(x)
-    quantize_weights(net)
-    set_quant_state(net, weight=True, act=True)
+    _quantize_per_tensor(net, x)
     path = str(tmp_path / 'conv1x1.onnx')
     with torch.no_grad():
         ref = net(x).numpy()
