@@ -112,8 +112,8 @@ def detector_speed(cfg, export: str, batches, threads: int = 2,
         # Equal work in every run: with random weights the score threshold
         # keeps a different number of detections per model (8 against 50
         # here), and the mask head and paste cost per detection; without it
-        # each image keeps the config's max_per_img, as a trained COCO
-        # model near that cap does.
+        # each image keeps the config's max_per_img, the most any model
+        # keeps (the NMS then sees every candidate: docs/deploy.md).
         c.model['architecture']['test_cfg']['rcnn']['score_thr'] = 0.
         with DefaultScope.overwrite_default_scope('mmdet'):
             models[label] = MODELS.build(c.model)
