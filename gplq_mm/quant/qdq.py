@@ -183,8 +183,9 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, input_quantizer: nn.Module,
             # the producer and this QuantizeLinear fuse (QLinearConv);
             # onnxruntime moves the DequantizeLinear past the layout ops
             x, input_quantizer = input_quantizer(x), nn.Identity()
-        y = matmul(patchify(x[..., :h * kh, :w * kw], (kh, kw)),
-                   input_quantizer, True,
+        else:  # (no remainder to drop at 1 x 1)
+            x = x[..., :h * kh, :w * kw]
+        y = matmul(patchify(x, (kh, kw)), input_quantizer, True,
                    conv.weight.reshape(conv.out_channels, -1), w_step,
                    w_range, conv.bias)  # (B, patches, C_out)
         return y.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
