@@ -238,7 +238,8 @@ def test_a_1x1_conv_runs_as_an_integer_matmul_on_transposed_pixels(
     """A 1 x 1 conv (FPN laterals, the RPN's heads) exports as a matmul
     over the pixels, which onnxruntime runs as MatMulIntegerToFloat; the
     pixels move by a 3-D Transpose (a 6-D one, the general patch layout,
-    ran ~30x slower on the detector's 800 x 1344 RPN input); the values of
+    ran ~30x slower than a 4-D one of the same bytes on the detector's
+    800 x 1344 RPN input); the values of
     the PyTorch layers. (Its producer runs as QLinearConv in a graph of
     fixed size, as the detector's trunk; with this test's dynamic batch
     the 1 x 1 conv reads its input's sizes from the producer's output,
