@@ -176,14 +176,14 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, input_quantizer: nn.Module,
     and codes (Cast and Mul, as :func:`matmul`)."""
     one = input_step is not None and input_step.dim() == 0
     if one and is_patchify(conv):
-        (kh, kw), (h, w) = conv.kernel_size, x.shape[-2:]
-        h, w = h // kh, w // kw  # the conv drops a remainder, so do we
+        kh, kw = conv.kernel_size
         if (kh, kw) == (1, 1):
-            # quantized in the producer's layout (a conv's output), so that
-            # the producer and this QuantizeLinear fuse (QLinearConv);
-            # onnxruntime moves the DequantizeLinear past the layout ops
+            # quantized in the producer's layout (a conv's output), and its
+            # sizes read after, so that the producer and this QuantizeLinear
+            # fuse (QLinearConv): the layout ops then move the codes
             x, input_quantizer = input_quantizer(x), nn.Identity()
-        else:  # (no remainder to drop at 1 x 1)
+        h, w = x.shape[-2] // kh, x.shape[-1] // kw
+        if (kh, kw) != (1, 1):  # the conv drops a remainder, so do we
             x = x[..., :h * kh, :w * kw]
         y = matmul(patchify(x, (kh, kw)), input_quantizer, True,
                    conv.weight.reshape(conv.out_channels, -1), w_step,

@@ -1,6 +1,7 @@
 """ONNX export: onnxruntime computes what the PyTorch W4A4 model computes,
 deployable models run integer kernels, the storage form round-trips, and
 bad input is refused by name."""
+import collections
 import copy
 
 import numpy as np
@@ -236,14 +237,12 @@ def test_a_padded_conv_runs_qlinearconv_before_a_quantizer(consumer,
 def test_a_1x1_conv_runs_as_an_integer_matmul_on_transposed_pixels(
         tmp_path):
     """A 1 x 1 conv (FPN laterals, the RPN's heads) exports as a matmul
-    over the pixels, which onnxruntime runs as MatMulIntegerToFloat; the
-    pixels move by a 3-D Transpose (a 6-D one, the general patch layout,
-    ran ~30x slower than a 4-D one of the same bytes on the detector's
-    800 x 1344 RPN input); the values of
-    the PyTorch layers. (Its producer runs as QLinearConv in a graph of
-    fixed size, as the detector's trunk; with this test's dynamic batch
-    the 1 x 1 conv reads its input's sizes from the producer's output,
-    which keeps the producer float.)"""
+    over the pixels, which onnxruntime runs as MatMulIntegerToFloat with
+    the bias inside, and its producer as QLinearConv: no float tensor
+    between them, not even for the sizes (dynamic batch). The pixels move
+    by a 3-D Transpose (a 6-D one, the general patch layout, ran ~30x
+    slower than a 4-D one of the same bytes on the detector's 800 x 1344
+    RPN input); the values of the PyTorch layers."""
     import onnx
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1),
@@ -259,9 +258,98 @@ def test_a_1x1_conv_runs_as_an_integer_matmul_on_transposed_pixels(
     assert close.mean() > 0.99, close.mean()
     ops = kernel_ops(path, x.numpy())
     assert ops.get('MatMulIntegerToFloat', 0) == 1, ops
+    assert ops.get('QLinearConv', 0) == 1, ops
+    assert 'Add' not in ops and 'DequantizeLinear' not in ops, ops
     perms = [len(a.ints) for n in onnx.load(path).graph.node
              if n.op_type == 'Transpose' for a in n.attribute]
     assert perms and max(perms) <= 4, perms
+
+
+def test_onnxruntime_adds_a_linear_bias_inside_its_integer_kernel(tmp_path):
+    """The session's graph form (bias_into_matmul): each quantized Linear
+    (and the patch embedding) with a bias becomes one MatMulIntegerToFloat
+    holding it, where
+    onnxruntime's own QDQ rule leaves an Add pass after the kernel; the
+    outputs are those of the file run as exported, bit for bit."""
+    import onnxruntime as ort
+
+    from gplq_mm.deploy.session import bias_into_matmul
+    model = build('deit', quant_cfg=dict(deployable=True))
+    path = str(tmp_path / 'm.onnx')
+    export_onnx(model, path, _images(2, 3))
+    linears = sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+                  and is_quant_layer(m) and m.bias is not None
+                  for m in model.student.modules())
+    fused = bias_into_matmul(onnx.load(path))
+    onnx.checker.check_model(fused, full_check=True)
+    kernels = [n for n in fused.graph.node
+               if n.op_type == 'MatMulIntegerToFloat']
+    assert linears and len(kernels) == linears
+    assert all(len(n.input) == 7 and n.input[6] for n in kernels)
+    x = _images(5, 8).numpy()
+    plain = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    for ref, got in zip(plain.run(None, {'input': x}),
+                        session(path).run(None, {'input': x})):
+        np.testing.assert_array_equal(got, ref)
+    raw = collections.Counter(
+        n.op_type for n in onnx.load(path).graph.node)['Add']
+    assert raw - collections.Counter(
+        n.op_type for n in fused.graph.node)['Add'] == linears
+
+
+def _matmul_graph(bias_dims, float_reader=False):
+    """``MatMul(Transpose(DQ(codes)), DQ(weight codes)) + bias`` of a
+    (4, 8) input and an (8, 3) weight, the bias of ``bias_dims``;
+    ``float_reader``: the transposed float input is a graph output too."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    consts = [numpy_helper.from_array(a, k) for k, a in dict(
+        w=rng.integers(-8, 8, (8, 3)).astype(np.int8),
+        sw=rng.uniform(.1, .2, 3).astype(np.float32),
+        sa=np.array(.05, np.float32), za=np.array(8, np.uint8),
+        b=rng.normal(size=bias_dims).astype(np.float32)).items()]
+    nodes = [helper.make_node('DequantizeLinear', ['codes', 'sa', 'za'],
+                              ['a']),
+             helper.make_node('Transpose', ['a'], ['t'], perm=[1, 0]),
+             helper.make_node('DequantizeLinear', ['w', 'sw'], ['wf'],
+                              axis=1),
+             helper.make_node('MatMul', ['t', 'wf'], ['y']),
+             helper.make_node('Add', ['y', 'b'], ['out'])]
+    outs = [helper.make_tensor_value_info('out', TensorProto.FLOAT, None)]
+    if float_reader:
+        nodes.append(helper.make_node('Neg', ['t'], ['t2']))
+        outs.append(helper.make_tensor_value_info('t2', TensorProto.FLOAT,
+                                                  None))
+    graph = helper.make_graph(nodes, 'g', [helper.make_tensor_value_info(
+        'codes', TensorProto.UINT8, [8, 4])], outs, consts)
+    return helper.make_model(graph, opset_imports=[
+        helper.make_opsetid('', 21)])
+
+
+@pytest.mark.parametrize('bias_dims,float_reader,fuses', [
+    ((3, ), False, True), ((1, 3), False, True),
+    ((1, 1, 3), False, False),  # would broadcast the (4, 3) output to 3-D
+    ((4, 3), False, False),  # not one row
+    ((3, ), True, False)])  # the layout op's output is read elsewhere
+def test_bias_into_matmul_keeps_what_the_kernel_cannot_hold(
+        bias_dims, float_reader, fuses):
+    import onnxruntime as ort
+
+    from gplq_mm.deploy.session import bias_into_matmul
+    proto = _matmul_graph(bias_dims, float_reader)
+    x = {'codes': np.random.default_rng(1).integers(
+        0, 16, (8, 4)).astype(np.uint8)}
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=[
+        'CPUExecutionProvider']).run(None, x)
+    fused = bias_into_matmul(type(proto).FromString(
+        proto.SerializeToString()))
+    ops = [n.op_type for n in fused.graph.node]
+    assert ('MatMulIntegerToFloat' in ops) == fuses, ops
+    assert ('Add' in ops) != fuses, ops
+    got = session(fused).run(None, x)
+    for r, g in zip(ref, got):
+        assert r.shape == g.shape
+        np.testing.assert_allclose(g, r, rtol=1e-6)
 
 
 def test_float16_storage_halves_only_the_float_matrices(tmp_path):
