@@ -128,10 +128,15 @@ def bias_into_matmul(proto):
         kernel; an activation's may pass through ops that only move
         elements (a 1 x 1 conv's pixels as rows), each read by the next
         alone (and by ``Shape``)."""
+        def moves(node):
+            if node is None or node.op_type not in _LAYOUT_OPS or \
+                    node.output[0] in outputs:
+                return False
+            readers = consumers[node.output[0]]
+            return sum(c.op_type != 'Shape' for c in readers) == 1
+
         layout, dq = [], producer.get(name)
-        while not weight and dq is not None and dq.op_type in _LAYOUT_OPS \
-                and dq.output[0] not in outputs and sum(
-                    c.op_type != 'Shape' for c in consumers[dq.output[0]]) == 1:
+        while not weight and moves(dq):
             layout.append(dq)
             dq = producer.get(dq.input[0])
         if dq is None or dq.op_type != 'DequantizeLinear' or any(
