@@ -32,7 +32,8 @@ def session(model, threads: Optional[int] = 2, profile: bool = False,
             runtime: str = 'onnxruntime'):
     """A CPU session of ``model`` (a path or an ``onnx.ModelProto``) with
     ``threads`` intra-op threads (None: all), in ``runtime`` (one of
-    :data:`RUNTIMES`; OpenVINO: :class:`OpenVINOSession`)."""
+    :data:`RUNTIMES`; OpenVINO: :class:`OpenVINOSession`). onnxruntime
+    runs the graph as :func:`bias_into_matmul` writes it."""
     if runtime in ('openvino', 'openvino-f32'):
         if profile:
             raise ValueError('profile=True is onnxruntime\'s: use '
