@@ -8,15 +8,16 @@ by a constant before its two matmuls: onnxruntime finds no
 value there is still on one integer grid: the ops between (reshapes,
 transposes, gathers, slices, concatenations, a product with a positive
 scalar) move the dequantized codes or scale them all alike. So where each
-element of an operand comes from a per-tensor ``DequantizeLinear`` with the
-same zero point, and its scale field (each element's step, times the
+element of an operand comes from a ``DequantizeLinear`` (per tensor, or with
+a step per slice: the stacked q / k / v) with the same zero point, and its
+scale field (each element's step, times the
 constants on its way) is one value, ``QuantizeLinear`` ->
 ``DequantizeLinear`` with that scale in front of the matmul returns the same
 codes (the operand divided by the scale is its codes up to a float
 rounding) and gives the integer kernels their pattern.
 
 The scale field is computed, not guessed: the operand's cone is replayed on
-each source's step broadcast to its shape (a layout op moves the steps as
+each source's steps laid out as its elements (a layout op moves the steps as
 it moves the values; a product with a constant scales them) and run once in
 onnxruntime on the export's example input.
 """
@@ -59,13 +60,17 @@ def requantize_matmul_operands(proto, feeds: Dict[str, np.ndarray]) -> int:
         return float(a) if a is not None and a.size == 1 else None
 
     def source(n):
-        """A per-tensor DequantizeLinear of an activation: its zero point
+        """A DequantizeLinear of an activation, per tensor or with one zero
+        point for all its steps (the stacked q / k / v): that zero point
         (value, dtype), else None."""
         if (n.op_type != 'DequantizeLinear' or n.input[0] in consts
-                or len(n.input) < 3 or scalar(n.input[1]) is None
-                or scalar(n.input[2]) is None):
+                or len(n.input) < 3 or n.input[1] not in consts
+                or n.input[2] not in consts):
             return None
-        return scalar(n.input[2]), consts[n.input[2]].dtype
+        zero = np.unique(consts[n.input[2]])
+        if len(zero) != 1:
+            return None
+        return float(zero[0]), consts[n.input[2]].dtype
 
     def data_inputs(n) -> Optional[List[str]]:
         """The inputs whose elements ``n`` moves or scales; None when it is
@@ -114,7 +119,8 @@ def requantize_matmul_operands(proto, feeds: Dict[str, np.ndarray]) -> int:
             if not ok:
                 break
             if len(sources) == 1 and all(n.op_type in _PROPAGATED
-                                         for n in nodes.values()):
+                                         for n in nodes.values()) and \
+                    scalar(next(iter(sources.values())).input[1]):
                 continue  # onnxruntime finds the pattern (ViT's k^T)
             todo.append((idx, nodes, sources, zeros.pop()))
         if ok:
@@ -133,10 +139,23 @@ def requantize_matmul_operands(proto, feeds: Dict[str, np.ndarray]) -> int:
             if out in done:
                 continue
             done.add(out)
-            shape = f'{REQUANTIZE}/shape/{out}'
+            # each element's step: DequantizeLinear of codes one above the
+            # zero point (below it at the top of the range), so that its
+            # own axis rule places a step per slice
+            base = f'{REQUANTIZE}/field/{out}'
+            zero = consts[dq.input[2]]
+            one = zero.reshape(-1)[:1] + (1 if zero.reshape(-1)[0] < np.iinfo(
+                zero.dtype).max else -1)
+            fg.initializer.append(numpy_helper.from_array(
+                one.reshape(()).astype(zero.dtype), f'{base}/one'))
             fg.node.extend([
-                helper.make_node('Shape', [out], [shape], name=shape),
-                helper.make_node('Expand', [dq.input[1], shape],
+                helper.make_node('Shape', [out], [f'{base}/shape']),
+                helper.make_node('Expand', [f'{base}/one', f'{base}/shape'],
+                                 [f'{base}/codes']),
+                helper.make_node('DequantizeLinear', [
+                    f'{base}/codes', *dq.input[1:3]], [f'{base}/signed'],
+                    name=f'{base}/dq', **{a.name: a.i for a in dq.attribute}),
+                helper.make_node('Abs', [f'{base}/signed'],
                                  [f'{REQUANTIZE}/{out}'],
                                  name=f'{REQUANTIZE}/{out}')])
         for n in sorted(nodes.values(), key=lambda n: order[id(n)]):

@@ -206,7 +206,8 @@ def clip_before_quantize(proto):
     returned) with each ``QuantizeLinear -> Clip -> DequantizeLinear`` of a
     one-step quantizer rewritten as ``Clip -> QuantizeLinear ->
     DequantizeLinear``: the b-bit range clipped on the float input
-    (``(code - zero point) * step``) in place of the codes. The same codes
+    (``(code - zero point) * step``) in place of the codes (a stacked one,
+    a step per slice: ``Max`` / ``Min`` of per-slice bounds). The same codes
     (up to the float rounding of a bound); the form OpenVINO runs fastest:
     it reads the clipped pair as one FakeQuantize feeding an int8 kernel,
     where a Clip between the two splits it into a FakeQuantize, a Convert to
@@ -221,13 +222,11 @@ def clip_before_quantize(proto):
     consumers = _consumers(g)
     outputs = {o.name for o in g.output}
 
-    def scalar(name):
-        if name not in consts:
-            return None
-        a = numpy_helper.to_array(consts[name])
-        return float(a) if a.size == 1 else None
+    def value(name):
+        return numpy_helper.to_array(consts[name]).astype(np.float64) \
+            if name in consts else None
 
-    moved, dropped = {}, set()  # QuantizeLinear -> its two nodes; Clips
+    moved, dropped = {}, set()  # QuantizeLinear -> its nodes; Clips
     for n in g.node:
         after = consumers[n.output[0]] if n.op_type == 'QuantizeLinear' \
             else []
@@ -235,20 +234,31 @@ def clip_before_quantize(proto):
                 or len(n.input) < 3 or n.output[0] in outputs):
             continue
         clip = after[0]
-        values = [scalar(i) for i in (*n.input[1:3], *clip.input[1:3])]
-        if None in values:  # per-channel steps: left as exported
-            continue
-        step, zero, lo, hi = values
+        step, zero, lo, hi = (value(i) for i in (*n.input[1:3],
+                                                 *clip.input[1:3]))
+        axis = next((a.i for a in n.attribute if a.name == 'axis'), 1)
+        if any(v is None for v in (step, zero, lo, hi)) or (
+                step.size > 1 and axis >= 0):
+            continue  # (a stacked quantizer's axis counts from the end)
+        # a step per slice along the axis (q, k, v): Min / Max of bounds
+        # broadcast along it (Clip takes scalars only)
+        shape = () if step.size == 1 else (-1, ) + (1, ) * (-axis - 1)
         bounds = [f'{n.name}/clip_{k}' for k in ('lo', 'hi')]
         for name, v in zip(bounds, (lo, hi)):
             g.initializer.append(numpy_helper.from_array(
-                np.array((v - zero) * step, np.float32), name))
+                ((v - zero) * step).astype(np.float32).reshape(shape), name))
         clipped = f'{n.name}/clipped'
-        moved[id(n)] = [
-            helper.make_node('Clip', [n.input[0], *bounds], [clipped],
-                             name=clip.name),
+        clamp = [helper.make_node('Clip', [n.input[0], *bounds], [clipped],
+                                  name=clip.name)] if step.size == 1 else [
+            helper.make_node('Max', [n.input[0], bounds[0]],
+                             [f'{clipped}_lo'], name=f'{clip.name}_lo'),
+            helper.make_node('Min', [f'{clipped}_lo', bounds[1]], [clipped],
+                             name=clip.name)]
+        moved[id(n)] = clamp + [
             helper.make_node('QuantizeLinear', [clipped, *n.input[1:]],
-                             [clip.output[0]], name=n.name)]
+                             [clip.output[0]], name=n.name, **{
+                                 a.name: helper.get_attribute_value(a)
+                                 for a in n.attribute})]
         dropped.add(id(clip))
     nodes = [m for n in g.node if id(n) not in dropped
              for m in moved.get(id(n), [n])]

@@ -60,7 +60,10 @@ def parity(model, sess, batches, graph=None) -> Dict[str, float]:
 def _with_codes(path: str):
     """The model at ``path`` with the input (before its clamp) and the
     codes (after it) of every QuantizeLinear also graph outputs, in graph
-    (= call) order, and each one's zero point."""
+    (= call) order, and per quantizer call: the index of its input / codes
+    pair among those outputs, its zero point, and for the slices of a
+    stacked QuantizeLinear (its codes clipped as one step's, a step per
+    slice along ``axis``: q, k, v) ``(axis, slice)``, else None."""
     import onnx
     from onnx import numpy_helper
     proto = onnx.load(path)
@@ -71,7 +74,7 @@ def _with_codes(path: str):
     for n in proto.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    names, zeros = [], []
+    names, calls = [], []
     for n in proto.graph.node:
         if n.op_type != 'QuantizeLinear' or is_requantize(n):
             continue
@@ -82,12 +85,16 @@ def _with_codes(path: str):
         clips = [c for c in consumers.get(codes, ()) if c.op_type == 'Clip']
         if clips:  # one step: the b-bit range clipped on the codes
             codes = clips[0].output[0]
-        names += [x, codes]
         # one zero point per node (per-channel ones are all 0)
-        zeros.append(float(consts[n.input[2]].reshape(-1)[0]))
+        zero = float(consts[n.input[2]].reshape(-1)[0])
+        steps = consts[n.input[1]].size
+        axis = next((a.i for a in n.attribute if a.name == 'axis'), 1)
+        calls += [(len(names) // 2, zero, (axis, i) if clips and steps > 1
+                   else None) for i in range(steps if clips else 1)]
+        names += [x, codes]
     proto.graph.output.extend(
         onnx.helper.make_empty_tensor_value_info(n) for n in names)
-    return proto, zeros
+    return proto, calls
 
 
 def _codes(q, x: torch.Tensor) -> np.ndarray:
@@ -119,11 +126,11 @@ def code_agreement(model, path: str, batches,
     ``model`` is the exported GPLQ model, ``path`` its runtime ONNX file
     (of :meth:`deploy_graph`, or of ``graph``, a module of
     ``model.student``), ``batches`` the graph's input tensors."""
-    proto, zeros = _with_codes(path)
+    proto, nodes = _with_codes(path)
     sess = session(proto, threads=None)
     graph = graph or model.deploy_graph()[0]
     model.eval()
-    counts = np.zeros((3, len(zeros)))  # same input, end to end, elements
+    counts = np.zeros((3, len(nodes)))  # same input, end to end, elements
     for x in batches:
         calls = []
         handles = [q.register_forward_pre_hook(
@@ -136,13 +143,17 @@ def code_agreement(model, path: str, batches,
             for h in handles:
                 h.remove()
         got = run_batched(sess, x.numpy())
-        n_out = len(got) - 2 * len(zeros)
-        if len(calls) != len(zeros):
-            raise RuntimeError(f'{len(zeros)} QuantizeLinear nodes but '
-                               f'{len(calls)} quantizer calls')
-        for i, (z, (q, ref)) in enumerate(zip(zeros, calls)):
-            x_in = got[n_out + 2 * i]
-            ort = got[n_out + 2 * i + 1].astype(np.float32) - z
+        n_out = len(got) - 2 * (nodes[-1][0] + 1 if nodes else 0)
+        if len(calls) != len(nodes):
+            raise RuntimeError(f'the QuantizeLinear nodes stand for '
+                               f'{len(nodes)} quantizer calls, PyTorch made '
+                               f'{len(calls)}')
+        for i, ((k, z, part), (q, ref)) in enumerate(zip(nodes, calls)):
+            x_in = got[n_out + 2 * k]
+            ort = got[n_out + 2 * k + 1].astype(np.float32) - z
+            if part is not None:  # one slice of a stacked QuantizeLinear
+                x_in, ort = (np.take(a, part[1], axis=part[0])
+                             for a in (x_in, ort))
             if ref.ndim == 4 and ort.ndim == 3:  # patch embedding
                 ref = _as_patches(ref, ort)
             elif ref.ndim == 4 and ref.shape != ort.shape:  # pixels, NHWC

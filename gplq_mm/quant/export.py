@@ -96,8 +96,16 @@ class ExportQKV(ExportLinear):
         out = super().forward(x)
         if not self.quantize_output:
             return out
-        return quantize_qkv(out, self.num_heads, (
-            self.q_quantizer, self.k_quantizer, self.v_quantizer))
+        qs = (self.q_quantizer, self.k_quantizer, self.v_quantizer)
+        grids = {(q.qmin, q.qmax, q.signed) if isinstance(
+            q, ExportQuantizer) and q.step.dim() == 0 else None for q in qs}
+        if len(grids) == 1 and None not in grids:  # one step each, one grid
+            (qmin, qmax, signed), = grids
+            return qdq.quantize_dequantize_stacked(
+                out.unflatten(-1, (3, self.num_heads, -1)),
+                torch.stack([q.step for q in qs]), qmin, qmax, -3,
+                signed).flatten(-3)
+        return quantize_qkv(out, self.num_heads, qs)
 
 
 class ExportConv2d(nn.Conv2d):

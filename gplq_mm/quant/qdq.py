@@ -24,7 +24,8 @@ import torch.nn as nn
 
 from .functional import broadcast_shape, codes, fake_quant, patchify
 
-__all__ = ['quantize_dequantize', 'weight_codes', 'dequantize', 'matmul',
+__all__ = ['quantize_dequantize', 'quantize_dequantize_stacked',
+           'weight_codes', 'dequantize', 'matmul',
            'conv2d', 'conv_transpose2d', 'one_step', 'export_step',
            'is_patchify']
 
@@ -32,12 +33,23 @@ __all__ = ['quantize_dequantize', 'weight_codes', 'dequantize', 'matmul',
 class _QDQ(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, step, step_b, qmin, qmax, axis, signed):
+    def forward(ctx, x, step, step_b, qmin, qmax, axis, signed,
+                stacked=False):
         return fake_quant(x, step_b, qmin, qmax)
 
     @staticmethod
-    def symbolic(g, x, step, step_b, qmin, qmax, axis, signed):
+    def symbolic(g, x, step, step_b, qmin, qmax, axis, signed,
+                 stacked=False):
         per_tensor = step_b is step
+        if stacked:  # one-step quantizers of the slices along ``axis``
+            z = 128 if signed else 0
+            zero = g.op('Constant', value_t=torch.full(
+                step.type().sizes(), z, dtype=torch.uint8))
+            lo, hi = (g.op('Constant', value_t=torch.tensor(
+                v + z, dtype=torch.uint8)) for v in (qmin, qmax))
+            q = g.op('Clip', g.op('QuantizeLinear', x, step, zero,
+                                  axis_i=axis), lo, hi)
+            return g.op('DequantizeLinear', q, step, zero, axis_i=axis)
         if per_tensor:
             # uint8 codes, signed ones offset by a zero point of 128: the
             # form onnxruntime's x86 integer kernels take (its int8
@@ -94,6 +106,22 @@ def quantize_dequantize(x: torch.Tensor, step: torch.Tensor, qmin: int,
     axis = axis % x.dim()
     step_b = step.reshape(broadcast_shape(x.dim(), axis, -1))
     return _QDQ.apply(x, step, step_b, qmin, qmax, axis, signed)
+
+
+def quantize_dequantize_stacked(x: torch.Tensor, steps: torch.Tensor,
+                                qmin: int, qmax: int, axis: int,
+                                signed: bool) -> torch.Tensor:
+    """Each slice ``i`` of ``x`` along ``axis`` through the one-step
+    quantizer of step ``steps[i]`` (the same grid ``qmin .. qmax``): q, k
+    and v of a qkv output. One QuantizeLinear / DequantizeLinear pair with
+    a step per slice, the codes clipped as in the one-step form, where
+    splitting ``x`` for three pairs and joining their outputs cost
+    onnxruntime a tenth of Swin-T's W4A4 time (two full copies of the qkv
+    output per block; profile in docs/deploy.md)."""
+    steps = steps.to(x.dtype)
+    axis = axis - x.dim() if axis >= 0 else axis  # (negative: see regrid)
+    step_b = steps.reshape(broadcast_shape(x.dim(), axis, -1))
+    return _QDQ.apply(x, steps, step_b, qmin, qmax, axis, signed, True)
 
 
 class _Dequantize(torch.autograd.Function):

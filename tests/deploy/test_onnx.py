@@ -94,6 +94,31 @@ def test_onnxruntime_computes_the_pytorch_model(host, deployable, tmp_path):
     assert (logits.argmax(1) == ref_logits.argmax(1)).mean() >= 15 / 16
 
 
+def test_swin_quantizes_q_k_v_in_one_stacked_pair(tmp_path):
+    """Swin's qkv output (q, k, v each with one step) exports as one
+    QuantizeLinear / DequantizeLinear pair with a step per slice, no split
+    and join around three pairs; the attention matmuls still find their
+    integer pattern (the kernel test) and each of the three quantizer calls
+    is checked on its slice (the agreement test)."""
+    from gplq_mm.quant.layers import QuantQKV
+    model = build('swin', quant_cfg=dict(deployable=True))
+    path = str(tmp_path / 'm.onnx')
+    export_onnx(model, path, _images(2, 3))
+    proto = onnx.load(path)
+    consts = {t.name: onnx.numpy_helper.to_array(t)
+              for t in proto.graph.initializer}
+    layers = [m for m in model.student.modules() if isinstance(m, QuantQKV)]
+    stacked = [consts[n.input[1]] for n in proto.graph.node
+               if n.op_type == 'QuantizeLinear'
+               and consts[n.input[1]].size > 1]
+    assert layers and len(stacked) == len(layers)
+    for layer, steps in zip(layers, stacked):
+        np.testing.assert_allclose(steps, [
+            q.step.item() for q in layer.operand_quantizers], rtol=1e-6)
+    assert not any(n.op_type == 'Split' and '/qkv/' in n.name
+                   for n in proto.graph.node)
+
+
 # Attention matmuls that run on integer kernels too, 2 per block: ViT /
 # DeiT's from the export form of their attention, Swin's after the graph's
 # q / k / v operands are requantized (gplq_mm.deploy.regrid).
