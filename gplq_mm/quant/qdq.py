@@ -9,9 +9,12 @@ same arithmetic as ONNX operators:
 * an activation with one step (all steps equal): ``QuantizeLinear`` to
   uint8 codes (zero point 128 for a signed grid, 0 for an unsigned one),
   ``Clip`` of the codes to the ``b``-bit grid, ``DequantizeLinear``: the
-  form integer kernels take. With one step per channel along ``axis``: ``Min``
-  / ``Max``, per-axis ``QuantizeLinear`` to int8 / uint8 codes (zero point
-  0), ``Cast`` and ``Mul`` (float kernels, the same values).
+  form integer kernels take; several such quantizers of the slices of one
+  tensor (q, k, v) as one pair with a step per slice
+  (:func:`quantize_dequantize_stacked`). With one step per channel along
+  ``axis``: ``Min`` / ``Max``, per-axis ``QuantizeLinear`` to int8 / uint8
+  codes (zero point 0), ``Cast`` and ``Mul`` (float kernels, the same
+  values).
 * a weight: its integer codes (computed here, constant-folded into an int8
   initializer by :func:`gplq_mm.deploy.export_onnx`), dequantized with one
   scale per output channel; how, and which kernel onnxruntime picks, is
