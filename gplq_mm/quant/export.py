@@ -82,7 +82,8 @@ class ExportLinear(nn.Module):
 class ExportQKV(ExportLinear):
     """A :class:`QuantQKV`: :class:`ExportLinear`, then its q / k / v
     quantizers on the output unless the attention applies them
-    (``deferred``)."""
+    (``deferred``): one stacked pair when each has one step on one grid
+    (:func:`~gplq_mm.quant.qdq.quantize_dequantize_stacked`)."""
 
     def __init__(self, layer: QuantQKV, export_of: ExportOf):
         super().__init__(layer, export_of)
