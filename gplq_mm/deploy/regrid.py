@@ -144,10 +144,10 @@ def requantize_matmul_operands(proto, feeds: Dict[str, np.ndarray]) -> int:
             # own axis rule places a step per slice
             base = f'{REQUANTIZE}/field/{out}'
             zero = consts[dq.input[2]]
-            one = zero.reshape(-1)[:1] + (1 if zero.reshape(-1)[0] < np.iinfo(
-                zero.dtype).max else -1)
+            z = int(zero.reshape(-1)[0])
+            one = z + 1 if z < np.iinfo(zero.dtype).max else z - 1
             fg.initializer.append(numpy_helper.from_array(
-                one.reshape(()).astype(zero.dtype), f'{base}/one'))
+                np.array(one, zero.dtype), f'{base}/one'))
             fg.node.extend([
                 helper.make_node('Shape', [out], [f'{base}/shape']),
                 helper.make_node('Expand', [f'{base}/one', f'{base}/shape'],

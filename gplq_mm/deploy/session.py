@@ -42,11 +42,7 @@ def session(model, threads: Optional[int] = 2, profile: bool = False,
             'f32') else None)
     if runtime != 'onnxruntime':
         raise ValueError(f'runtime={runtime!r}: use one of {RUNTIMES}')
-    import onnx
     import onnxruntime as ort
-    model = onnx.load(os.fspath(model)) if isinstance(
-        model, (str, os.PathLike)) else type(model).FromString(
-            model.SerializeToString())  # the caller's proto stays as it is
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -55,8 +51,18 @@ def session(model, threads: Optional[int] = 2, profile: bool = False,
     if profile:
         opts.profile_file_prefix = os.path.join(
             os.environ.get('TMPDIR', '/tmp'), f'gplq_ort_{os.getpid()}')
-    return ort.InferenceSession(bias_into_matmul(model).SerializeToString(),
-                                opts, providers=['CPUExecutionProvider'])
+    return ort.InferenceSession(
+        bias_into_matmul(_own_proto(model)).SerializeToString(), opts,
+        providers=['CPUExecutionProvider'])
+
+
+def _own_proto(model):
+    """``model`` (a path or an ``onnx.ModelProto``) as a proto a session
+    may rewrite: loaded, or a copy (the caller's stays as it is)."""
+    if isinstance(model, (str, os.PathLike)):
+        import onnx
+        return onnx.load(os.fspath(model))
+    return type(model).FromString(model.SerializeToString())
 
 
 class _Input:
@@ -290,14 +296,9 @@ class OpenVINOSession:
         if precision not in (None, 'f32', 'bf16'):
             raise ValueError(f'precision={precision!r}: use None (the '
                              "CPU's default), 'f32' or 'bf16'")
-        if isinstance(model, (str, os.PathLike)):
-            import onnx
-            model = onnx.load(os.fspath(model))
-        else:  # the caller's proto stays as it is
-            model = type(model).FromString(model.SerializeToString())
         core = ov.Core()
         net = core.read_model(
-            clip_before_quantize(model).SerializeToString())
+            clip_before_quantize(_own_proto(model)).SerializeToString())
         config = {'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1}
         if threads:
             config['INFERENCE_NUM_THREADS'] = threads
