@@ -12,7 +12,8 @@ import numpy as np
 
 __all__ = ['INTEGER_KERNELS', 'FLOAT_KERNELS', 'RUNTIMES', 'session',
            'node_threads', 'kernel_nodes', 'kernel_ops', 'openvino_kernels',
-           'OpenVINOSession', 'clip_before_quantize', 'bias_into_matmul',
+           'OpenVINOSession', 'clip_before_quantize', 'signed_codes',
+           'bias_into_matmul',
            'run_batched', 'latency']
 
 # the runtimes an exported file runs in: onnxruntime, OpenVINO in its
@@ -273,11 +274,78 @@ def clip_before_quantize(proto):
     return proto
 
 
+def signed_codes(proto):
+    """``proto`` (an exported ``onnx.ModelProto``, changed in place and
+    returned) with each activation quantizer whose codes are uint8 with
+    zero point 128 (a signed grid, as onnxruntime's u8 x s8 kernels read
+    it) and read only by ``DequantizeLinear`` nodes of that zero point,
+    directly or through ops that move elements (Swin's q / k / v codes on
+    their way to the attention matmuls), written as int8 codes with zero
+    point 0: ``code - 128`` of the same grid, the same dequantized values
+    (onnxruntime's reference kernels give bit-identical outputs). The form
+    OpenVINO runs fastest: with a zero point its int8 FullyConnected adds a
+    compensation term, without one it runs the plain s8 x s8 kernel
+    (AMX-INT8 here: one 50176 x 96 x 384 layer 13.8 -> 10.1 ms; Swin-T
+    W4A4 at batch 16 1.24x -> 1.06x of OpenVINO's bf16 FP32 graph,
+    docs/deploy.md). Unsigned grids (zero point 0, the softmax's) keep
+    uint8; onnxruntime keeps the exported form (its x86 kernels are u8 x
+    s8, and its graph optimizer fails on int8 codes read through a
+    Transpose)."""
+    from onnx import numpy_helper
+    g = proto.graph
+    consts = _constants(g)
+    consumers = _consumers(g)
+    outputs = {o.name for o in g.output}
+
+    def signed(node) -> bool:  # a uint8 zero point of 128
+        name = node.input[2] if len(node.input) > 2 else ''
+        z = numpy_helper.to_array(consts[name]) if name in consts else None
+        return z is not None and z.dtype == np.uint8 and bool((z == 128).all())
+
+    def readers(t) -> Optional[list]:
+        """The DequantizeLinear nodes reading codes ``t``, through ops that
+        move elements; None where anything else reads them."""
+        found = []
+        for c in consumers[t]:
+            if c.op_type == 'Shape':
+                continue
+            if c.op_type == 'DequantizeLinear' and c.input[0] == t:
+                if not signed(c):
+                    return None
+                found.append(c)
+            elif c.op_type in _LAYOUT_OPS + ('Gather', 'Split') and (
+                    t == c.input[0] and t not in c.input[1:]):
+                for o in c.output:
+                    more = None if o in outputs else readers(o)
+                    if more is None:
+                        return None
+                    found += more
+            else:
+                return None
+        return found
+
+    names = {}  # uint8 zero point's name -> its int8 one
+    for n in g.node:
+        dqs = readers(n.output[0]) if (
+            n.op_type == 'QuantizeLinear' and signed(n)
+            and n.output[0] not in outputs) else None
+        for m in (n, *dqs) if dqs else ():
+            name = m.input[2]
+            if name not in names:
+                names[name] = f'{name}/int8'
+                g.initializer.append(numpy_helper.from_array(np.zeros(
+                    numpy_helper.to_array(consts[name]).shape, np.int8),
+                    names[name]))
+            m.input[2] = names[name]
+    return proto
+
+
 class OpenVINOSession:
     """An exported model compiled by OpenVINO for the CPU, with
     onnxruntime's session interface (``run(None, feeds)``, ``get_inputs``),
     so everything that runs a session runs this one too. It compiles the
-    graph as :func:`clip_before_quantize` rewrites it.
+    graph as :func:`clip_before_quantize` and :func:`signed_codes`
+    rewrite it.
 
     ``precision``: None leaves OpenVINO's own choice (bf16 on a CPU with
     AMX or AVX-512 BF16, where a float graph runs in bf16); ``'f32'`` or
@@ -297,8 +365,8 @@ class OpenVINOSession:
             raise ValueError(f'precision={precision!r}: use None (the '
                              "CPU's default), 'f32' or 'bf16'")
         core = ov.Core()
-        net = core.read_model(
-            clip_before_quantize(_own_proto(model)).SerializeToString())
+        net = core.read_model(signed_codes(clip_before_quantize(
+            _own_proto(model))).SerializeToString())
         config = {'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1}
         if threads:
             config['INFERENCE_NUM_THREADS'] = threads

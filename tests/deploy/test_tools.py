@@ -49,7 +49,7 @@ def test_export_then_evaluate_the_onnx_model_like_the_checkpoint(deploy_run):
     assert ov['images'] == 64 and ov['agreement'] == 1.0, ov
     assert ov['rel_l2'] < 1e-4, ov
     assert check['parity_openvino']['images'] == 64  # its default, bf16
-    assert check['openvino_kernels']['FullyConnected'].get('u8', 0) > 0
+    assert check['openvino_kernels']['FullyConnected'].get('i8', 0) > 0
     sizes = summary['bytes']
     assert sizes['storage'] < sizes['runtime'] < sizes['fp32']
     metrics = {}
