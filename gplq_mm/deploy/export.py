@@ -245,8 +245,8 @@ def trace(graph: nn.Module, inputs: torch.Tensor, path: str,
         proto, {'input': inputs.detach().cpu().numpy()})
     if regrid and logger:
         logger(f'{regrid} activation x activation matmuls (e.g. Swin\'s '
-               'window attention) take their operands requantized onto '
-               'their grids, for integer kernels')
+               'window attention) take their operands\' codes through the '
+               'host\'s layout ops, for integer kernels')
     onnx.save(proto, path)
     onnx.checker.check_model(path, full_check=True)
     if not dynamic:

@@ -11,10 +11,13 @@ scalar) move the dequantized codes or scale them all alike. So where each
 element of an operand comes from a ``DequantizeLinear`` (per tensor, or with
 a step per slice: the stacked q / k / v) with the same zero point, and its
 scale field (each element's step, times the
-constants on its way) is one value, ``QuantizeLinear`` ->
-``DequantizeLinear`` with that scale in front of the matmul returns the same
-codes (the operand divided by the scale is its codes up to a float
-rounding) and gives the integer kernels their pattern.
+constants on its way) is one value, the operand is its sources' codes moved
+by the same layout ops, dequantized with that scale: the rewrite replays
+the layout ops on the codes (8-bit tensors, a quarter of the float bytes),
+drops the products with constants (they scale the step, not the codes) and
+puts one ``DequantizeLinear`` in front of the matmul, which gives the
+integer kernels their pattern with no quantize pass; the float path that
+only fed the operands is dropped.
 
 The scale field is computed, not guessed: the operand's cone is replayed on
 each source's steps laid out as its elements (a layout op moves the steps as
@@ -185,8 +188,31 @@ def requantize_matmul_operands(proto, feeds: Dict[str, np.ndarray]) -> int:
         f = fields[f'{REQUANTIZE}/{mm.input[idx]}']
         if f.size and f.min() == f.max() and f.min() > 0:
             steps[id(mm), idx] = np.float32(f.reshape(-1)[0])
+    # each operand's cone replayed on its sources' codes (a product with a
+    # constant scales the step, not the codes), dequantized at the matmul
+    codes_of = {out: dq.input[0] for *_, sources, _ in plans
+                for out, dq in sources.items()}
+
+    def codes(t, new) -> str:
+        if t not in codes_of:
+            n = producer[t]
+            ins = data_inputs(n)
+            if n.op_type in ('Mul', 'Div'):
+                codes_of[t] = codes(ins[0], new)
+                return codes_of[t]
+            clone = copy.deepcopy(n)
+            clone.name = f'{REQUANTIZE}/codes/{n.name or n.output[0]}'
+            for k, i in enumerate(clone.input):
+                if i in ins:
+                    clone.input[k] = codes(i, new)
+            for k, o in enumerate(n.output):
+                clone.output[k] = codes_of[o] = f'{REQUANTIZE}/codes/{o}'
+            new.append(clone)
+        return codes_of[t]
+
     inserted = collections.defaultdict(list)  # matmul id -> new nodes
-    for mm, idx, _, _, (zero, dtype) in plans:
+    replaced = set()  # the float cones' nodes, and their sources
+    for mm, idx, nodes, sources, (zero, dtype) in plans:
         # a matmul with an operand of mixed steps stays float
         if not all((id(m), i) in steps for m, i, *_ in plans if m is mm):
             continue
@@ -195,14 +221,27 @@ def requantize_matmul_operands(proto, feeds: Dict[str, np.ndarray]) -> int:
         g.initializer.extend([
             numpy_helper.from_array(np.array(steps[id(mm), idx]), scale),
             numpy_helper.from_array(np.array(zero, dtype), zp)])
-        codes, value = f'{base}/codes', f'{base}/value'
-        inserted[id(mm)] += [
-            helper.make_node('QuantizeLinear', [mm.input[idx], scale, zp],
-                             [codes], name=f'{base}/QuantizeLinear'),
-            helper.make_node('DequantizeLinear', [codes, scale, zp], [value],
-                             name=f'{base}/DequantizeLinear')]
+        new = inserted[id(mm)]
+        value = f'{base}/value'
+        new.append(helper.make_node(
+            'DequantizeLinear', [codes(mm.input[idx], new), scale, zp],
+            [value], name=f'{base}/DequantizeLinear'))
+        replaced.update(id(n) for n in (*nodes.values(), *sources.values()))
         mm.input[idx] = value
     nodes = [m for n in g.node for m in inserted.get(id(n), []) + [n]]
+    for n in nodes:  # a shape read off a float operand: off its codes
+        if n.op_type == 'Shape' and n.input[0] in codes_of and (
+                producer[n.input[0]].op_type not in ('Mul', 'Div')):
+            n.input[0] = codes_of[n.input[0]]
+    # drop what only the float operands read
+    outputs = {o.name for o in g.output}
+    while True:
+        read = {i for n in nodes for i in n.input} | outputs
+        dead = {id(n) for n in nodes if id(n) in replaced
+                and not any(o in read for o in n.output)}
+        if not dead:
+            break
+        nodes = [n for n in nodes if id(n) not in dead]
     del g.node[:]
     g.node.extend(nodes)
     return len(inserted)

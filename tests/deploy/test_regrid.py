@@ -1,5 +1,7 @@
 """The matmul-operand requantization is exact, gives the integer kernels
 their pattern, and leaves alone what is not on one grid."""
+import collections
+
 import numpy as np
 import onnx
 import pytest
@@ -52,14 +54,15 @@ def _graph(scale_q='const', mix=False):
                                                     []))
         inits = [t for t in inits if t.name != 'c']
     nodes.append(helper.make_node('Mul', ['q_g', 'c'], ['q_s']))
-    for k, (lo, hi) in enumerate(((0, 4), (4, 8))):
+    for k, (lo, hi) in enumerate(((0, 4), (4, 8)) if mix else ()):
         inits += [numpy_helper.from_array(np.array([v], np.int64), f'{n}{k}')
                   for n, v in (('start', lo), ('end', hi), ('ax', 2))]
         nodes.append(helper.make_node('Slice', [
             ('q_s', 'k_g')[k], f'start{k}', f'end{k}', f'ax{k}'],
             [f'half{k}']))
     nodes += [
-        helper.make_node('Concat', ['half0', 'half1'], ['mixed'], axis=2),
+        *[helper.make_node('Concat', ['half0', 'half1'], ['mixed'], axis=2)
+          for _ in range(mix)],
         helper.make_node('Transpose', ['k_g'], ['k_t'], perm=[0, 2, 1]),
         helper.make_node('MatMul', ['mixed' if mix else 'q_s', 'k_t'],
                          ['scores'], name='attn/MatMul'),
@@ -90,15 +93,22 @@ def test_swin_operands_are_requantized_exactly_onto_integer_kernels(
     proto = _graph()
     feeds = _feeds()
     before = session(proto).run(None, feeds)
+    ops = collections.Counter(n.op_type for n in proto.graph.node)
     assert requantize_matmul_operands(proto, feeds) == 2
     onnx.checker.check_model(proto, full_check=True)
     added = [n for n in proto.graph.node if is_requantize(n)]
-    # q @ k^T: both operands; p @ v: v (p is a DequantizeLinear already)
+    # q @ k^T: both operands; p @ v: v (p is a DequantizeLinear already),
+    # each dequantized from the codes moved as the host moves the values
     scales = {n.input[1]: float(numpy_helper.to_array(next(
         t for t in proto.graph.initializer if t.name == n.input[1])))
-        for n in added if n.op_type == 'QuantizeLinear'}
+        for n in added if n.op_type == 'DequantizeLinear'}
     assert sorted(scales.values()) == pytest.approx(sorted(
         [STEPS['q'] * 0.35, STEPS['k'], STEPS['v']]))
+    # no quantize pass added; the float q / k / v, their stack and the
+    # product with the constant gone
+    now = collections.Counter(n.op_type for n in proto.graph.node)
+    assert now['QuantizeLinear'] == ops['QuantizeLinear']
+    assert now['Mul'] == 0 and now['DequantizeLinear'] == 4, now
     after = session(proto).run(None, feeds)
     for a, b in zip(before, after):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
