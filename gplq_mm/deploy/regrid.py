@@ -192,6 +192,7 @@ def requantize_matmul_operands(proto, feeds: Dict[str, np.ndarray]) -> int:
     # constant scales the step, not the codes), dequantized at the matmul
     codes_of = {out: dq.input[0] for *_, sources, _ in plans
                 for out, dq in sources.items()}
+    source_codes = dict(codes_of)  # written before any node reads them
 
     def codes(t, new) -> str:
         if t not in codes_of:
@@ -229,10 +230,9 @@ def requantize_matmul_operands(proto, feeds: Dict[str, np.ndarray]) -> int:
         replaced.update(id(n) for n in (*nodes.values(), *sources.values()))
         mm.input[idx] = value
     nodes = [m for n in g.node for m in inserted.get(id(n), []) + [n]]
-    for n in nodes:  # a shape read off a float operand: off its codes
-        if n.op_type == 'Shape' and n.input[0] in codes_of and (
-                producer[n.input[0]].op_type not in ('Mul', 'Div')):
-            n.input[0] = codes_of[n.input[0]]
+    for n in nodes:  # a shape read off a source: off its codes
+        if n.op_type == 'Shape' and n.input[0] in source_codes:
+            n.input[0] = source_codes[n.input[0]]
     # drop what only the float operands read
     outputs = {o.name for o in g.output}
     while True:
