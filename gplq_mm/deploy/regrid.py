@@ -190,9 +190,10 @@ def requantize_matmul_operands(proto, feeds: Dict[str, np.ndarray]) -> int:
             steps[id(mm), idx] = np.float32(f.reshape(-1)[0])
     # each operand's cone replayed on its sources' codes (a product with a
     # constant scales the step, not the codes), dequantized at the matmul
-    codes_of = {out: dq.input[0] for *_, sources, _ in plans
-                for out, dq in sources.items()}
-    source_codes = dict(codes_of)  # written before any node reads them
+    # (a source's codes are written before anything reads the source)
+    source_codes = {out: dq.input[0] for *_, sources, _ in plans
+                    for out, dq in sources.items()}
+    codes_of = dict(source_codes)  # float tensor -> its codes
 
     def codes(t, new) -> str:
         if t not in codes_of:

@@ -481,6 +481,7 @@ def test_openvino_runs_the_exported_model(host, tmp_path):
     flipped code); any batch size runs."""
     pytest.importorskip('openvino')
     from gplq_mm.deploy.session import (
+        _constants,
         clip_before_quantize,
         openvino_kernels,
         run_batched,
@@ -500,9 +501,7 @@ def test_openvino_runs_the_exported_model(host, tmp_path):
     # the signed grids' codes as int8, zero point 0; the softmax's unsigned
     # ones as they were
     signed = signed_codes(copy.deepcopy(moved))
-    zeros = {t.name: t for t in signed.graph.initializer}
-    zeros.update({n.output[0]: n.attribute[0].t for n in signed.graph.node
-                  if n.op_type == 'Constant'})
+    zeros = _constants(signed.graph)
     kinds = collections.Counter(
         (onnx.helper.tensor_dtype_to_np_dtype(
             zeros[n.input[2]].data_type).name, 'p_quantizer' in n.name)
